@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class ControlplaneConfig(AppConfig):
+    name = "controlplane"
+    verbose_name = "Control plane"
+
+    def ready(self) -> None:
+        # Bind shared_task/delay_on_commit to our configured Celery app in every Django process.
+        from controlplane import celery  # noqa: F401

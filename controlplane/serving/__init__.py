@@ -1,0 +1,1 @@
+"""Serving path: router, shadow scoring and parity, serving logs and metric ingestion batches."""
