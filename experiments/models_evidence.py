@@ -1,0 +1,113 @@
+"""Evidence tables the analysis reads: metric definitions, exposures and per-unit, per-day metric rows.
+
+These are written by the serving path and by ingestion (bulk, validated, idempotent per client
+batch) and read by the analysis as one aggregate query per experiment. Rows are narrow and
+append-only; the sufficient statistics are computed where the rows live.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class MetricDefinition(models.Model):
+    """A per-unit, per-day metric that can be ingested, or a ratio / quantile built from them."""
+
+    class Kind(models.TextChoices):
+        MEAN = "mean", "Mean per unit"
+        PROPORTION = "proportion", "Proportion of units (0/1)"
+        RATIO = "ratio", "Ratio of sums (delta method)"
+        QUANTILE = "quantile", "Quantile of samples (e.g. p99 latency)"
+
+    class Direction(models.TextChoices):
+        HIGHER = "higher", "Higher is better"
+        LOWER = "lower", "Lower is better"
+
+    key = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.MEAN)
+    direction = models.CharField(max_length=8, choices=Direction.choices, default=Direction.HIGHER)
+    # Ratio metrics: Σ numerator / Σ denominator over units, both ingested metric keys.
+    numerator = models.SlugField(max_length=64, blank=True)
+    denominator = models.SlugField(max_length=64, blank=True)
+    # Quantile metrics: the quantile (0.99 for p99) of latency samples.
+    quantile = models.FloatField(null=True, blank=True)
+    ingestible = models.BooleanField(default=True, help_text="Rows of this key may be ingested directly")
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class Exposure(models.Model):
+    """The first time a unit was served under an allocation salt on a surface (one row per unit)."""
+
+    surface = models.ForeignKey("controlplane.Surface", on_delete=models.CASCADE, related_name="exposures")
+    salt = models.CharField(max_length=64, help_text="Allocation salt: identifies the experiment's assignment")
+    unit_id = models.CharField(max_length=128)
+    arm = models.CharField(max_length=10)  # holdout / control / treatment
+    population = models.CharField(max_length=20)  # content_first / interest_first
+    stack = models.CharField(max_length=100, help_text="Stack label that served the first request")
+    allocation_version = models.PositiveIntegerField()
+    first_exposed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["surface", "salt", "unit_id"], name="exposure_unit_once")]
+        indexes = [models.Index(fields=["surface", "salt", "arm"], name="exposure_arm_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.surface_id}/{self.unit_id}:{self.arm}"
+
+
+class MetricObservation(models.Model):
+    """One metric value of one unit on one day (the warehouse hand-off grain)."""
+
+    surface = models.ForeignKey("controlplane.Surface", on_delete=models.CASCADE, related_name="+")
+    unit_id = models.CharField(max_length=128)
+    day = models.DateField()
+    metric = models.SlugField(max_length=64)
+    value = models.FloatField()
+    batch = models.ForeignKey("IngestBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["surface", "metric", "day"], name="metric_obs_surface_metric_day"),
+            models.Index(fields=["surface", "unit_id"], name="metric_obs_unit"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.unit_id} {self.day} {self.metric}={self.value}"
+
+
+class IngestBatch(models.Model):
+    """A client batch: its id makes a re-sent batch idempotent; its errors name the bad rows."""
+
+    class Kind(models.TextChoices):
+        METRIC_ROWS = "metric_rows", "Metric rows"
+        EVENTS = "events", "Engagement events"
+        EXPOSURES = "exposures", "Exposures"
+        LATENCY = "latency", "Latency samples"
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        PARTIAL = "partial", "Partially accepted"
+        REJECTED = "rejected", "Rejected"
+
+    client_batch_id = models.CharField(max_length=128)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    received = models.PositiveIntegerField()
+    accepted = models.PositiveIntegerField()
+    rejected = models.PositiveIntegerField()
+    errors = models.JSONField(default=list, blank=True, help_text="[{row, field, message}] for rejected rows")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "client_batch_id"], name="ingest_batch_once")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.client_batch_id}"
