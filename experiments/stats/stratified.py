@@ -1,0 +1,105 @@
+"""Stratified (pooled) estimate across legacy populations.
+
+On a surface each user is served by one legacy stack, so an experiment has one
+comparison per legacy population (unified vs content-first, unified vs interest-first;
+DESIGN.md).  The pooled effect is a weighted sum of the per-stratum effects
+(Cochran, *Sampling Techniques*, 3rd ed. 1977, §5.3, stratified mean)::
+
+    diff = Σ_s w_s·diff_s,   se² = Σ_s w_s²·se_s²,   Σ w_s = 1
+
+with independent strata (units are randomised within each population).  Weighting:
+
+- ``"population"`` (default): w_s = the stratum's share of units, (n_c,s + n_t,s)/Σ, or the
+  explicit ``weights`` (e.g. each population's share of the surface's traffic, which is
+  the estimand "effect of moving the whole surface").  Unbiased for that estimand.
+- ``"inverse_variance"``: w_s ∝ 1/se_s², the fixed-effect meta-analysis estimate
+  (most precise, but it estimates a precision-weighted effect; pinned to statsmodels
+  ``combine_effects``).
+
+z-test on the pooled difference.  The pooled relative lift is Σw·ȳ_t / Σw·ȳ_c − 1 with the
+delta method, Var(Σw·ȳ_arm) = Σ w²·se²_arm,s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from experiments.stats.comparisons import _check_alpha, _compare, _empty_result
+from experiments.stats.results import ComparisonResult, _ToDict
+
+__all__ = ["StratifiedResult", "stratified"]
+
+
+@dataclass(frozen=True, slots=True)
+class StratifiedResult(_ToDict):
+    """The pooled comparison, the weights used, and the per-stratum results."""
+
+    pooled: ComparisonResult
+    weighting: str
+    strata: tuple[str, ...]
+    weights: tuple[float, ...]
+    per_stratum: tuple[ComparisonResult, ...]
+
+
+def stratified(
+    results: Mapping[str, ComparisonResult] | Sequence[ComparisonResult],
+    weights: Mapping[str, float] | Sequence[float] | None = None,
+    alpha: float = 0.05,
+    *,
+    weighting: str = "population",
+) -> StratifiedResult:
+    """Pool per-population comparisons into one estimate (see the module docstring)."""
+    _check_alpha(alpha)
+    if weighting not in ("population", "inverse_variance"):
+        raise ValueError(f"weighting must be 'population' or 'inverse_variance', got {weighting!r}")
+    if isinstance(results, Mapping):
+        names = tuple(results)
+        items = tuple(results[k] for k in names)
+    else:
+        items = tuple(results)
+        names = tuple(f"stratum_{i}" for i in range(len(items)))
+    if not items:
+        raise ValueError("stratified needs at least one stratum")
+    n_c = sum(r.n_control for r in items)
+    n_t = sum(r.n_treatment for r in items)
+    method = f"stratified-{weighting.replace('_', '-')}"
+    bad = [
+        f"{name} ({r.reason or 'no standard error'})"
+        for name, r in zip(names, items, strict=True)
+        if r.diff is None or r.se is None or r.control_se is None or r.treatment_se is None or not r.se > 0.0
+        or r.control_mean is None or r.treatment_mean is None
+    ]  # fmt: skip
+    if bad:
+        return StratifiedResult(
+            _empty_result(method, alpha, n_c, n_t, "stratum not computable: " + "; ".join(bad)),
+            weighting, names, (), items,
+        )  # fmt: skip
+    if weighting == "inverse_variance":
+        if weights is not None:
+            raise ValueError("explicit weights only go with weighting='population'")
+        raw = [1.0 / (r.se * r.se) for r in items]  # type: ignore[operator]
+    elif weights is None:
+        raw = [float(r.n_control + r.n_treatment) for r in items]
+    elif isinstance(weights, Mapping):
+        raw = [float(weights[k]) for k in names]
+    else:
+        raw = [float(w) for w in weights]
+    if len(raw) != len(items) or any(not math.isfinite(w) or w < 0 for w in raw) or sum(raw) <= 0:
+        raise ValueError(f"weights must be {len(items)} finite non-negative numbers with a positive sum")
+    total = sum(raw)
+    w = tuple(v / total for v in raw)
+    # Use each arm's (adjusted, where CUPED) mean so that Σw·ȳ_t − Σw·ȳ_c equals Σw·diff.
+    m_c = sum(
+        wi * (r.control_mean_adjusted if r.control_mean_adjusted is not None else r.control_mean)
+        for wi, r in zip(w, items, strict=True)
+    )  # type: ignore[misc]
+    m_t = sum(
+        wi * (r.treatment_mean_adjusted if r.treatment_mean_adjusted is not None else r.treatment_mean)
+        for wi, r in zip(w, items, strict=True)
+    )  # type: ignore[misc]
+    b_c = sum(wi * wi * r.control_se**2 for wi, r in zip(w, items, strict=True))  # type: ignore[operator]
+    b_t = sum(wi * wi * r.treatment_se**2 for wi, r in zip(w, items, strict=True))  # type: ignore[operator]
+    pooled = _compare(method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t)
+    return StratifiedResult(pooled, weighting, names, w, items)
