@@ -20,10 +20,24 @@ PRODUCTION_ENV = {
 
 
 def run_django(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SECRET_KEY", "DJANGO_DEBUG", "CONTROLPLANE_DEMO", "ALLOWED_HOSTS"}}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "SECRET_KEY",
+            "DJANGO_DEBUG",
+            "CONTROLPLANE_DEMO",
+            "ALLOWED_HOSTS",
+            "DJANGO_ALLOW_ASYNC_UNSAFE",
+        }
+    }
     clean["DJANGO_SETTINGS_MODULE"] = "controlplane.settings"
     clean["CONTROLPLANE_VAR_DIR"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / "cp-security-var")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True
+    )
 
 
 def test_check_deploy_is_clean_under_production_settings():
@@ -81,13 +95,20 @@ def test_login_is_rate_limited(make_user):
     cache.clear()
     make_user("ratelimited", "viewer")
     client = Client()
-    statuses = [client.post("/accounts/login/", {"username": "ratelimited", "password": "wrong"}).status_code for _ in range(12)]
+    statuses = [
+        client.post("/accounts/login/", {"username": "ratelimited", "password": "wrong"}).status_code
+        for _ in range(12)
+    ]
     assert statuses[:10] == [200] * 10  # the form again, with an error
     assert statuses[10:] == [429, 429]
     # Even the right password is refused until the window passes.
-    assert client.post("/accounts/login/", {"username": "ratelimited", "password": PASSWORD}).status_code == 429
+    assert (
+        client.post("/accounts/login/", {"username": "ratelimited", "password": PASSWORD}).status_code == 429
+    )
     cache.clear()
-    assert client.post("/accounts/login/", {"username": "ratelimited", "password": PASSWORD}).status_code == 302
+    assert (
+        client.post("/accounts/login/", {"username": "ratelimited", "password": PASSWORD}).status_code == 302
+    )
 
 
 SECRET_PATTERNS = [
@@ -101,7 +122,9 @@ SECRET_PATTERNS = [
 
 
 def test_no_secrets_in_the_repository():
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     offenders = []
     for name in files:
         path = ROOT / name
@@ -111,5 +134,9 @@ def test_no_secrets_in_the_repository():
             text = path.read_text(errors="ignore")
         except OSError:
             continue
-        offenders += [f"{name}: {p.pattern}" for p in SECRET_PATTERNS if p.search(text) and name != "tests/security/test_settings_security.py"]
+        offenders += [
+            f"{name}: {p.pattern}"
+            for p in SECRET_PATTERNS
+            if p.search(text) and name != "tests/security/test_settings_security.py"
+        ]
     assert not offenders, offenders
