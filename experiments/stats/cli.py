@@ -124,7 +124,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     with_header = _peek_header(args.data)
     metric_type = args.metric_type
     if metric_type is None:
-        metric_type = "ratio" if ("num" in with_header and "den" in with_header and "y" not in with_header) else "mean"
+        metric_type = (
+            "ratio" if ("num" in with_header and "den" in with_header and "y" not in with_header) else "mean"
+        )
     cov_cols: list[str] = []
     if args.covariate:
         cov_cols = [c.strip() for c in args.covariate.split(",") if c.strip()]
@@ -159,7 +161,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             adjusted = cuped_ratio(rc, rt, alpha)
         else:
             unadjusted = ratio_delta(
-                RatioStatistic.from_values(c["num"], c["den"]), RatioStatistic.from_values(t["num"], t["den"]), alpha
+                RatioStatistic.from_values(c["num"], c["den"]),
+                RatioStatistic.from_values(t["num"], t["den"]),
+                alpha,
             )
     target = adjusted if adjusted is not None else unadjusted
     out: dict[str, Any] = {
@@ -271,7 +275,13 @@ def _adjust(args: argparse.Namespace) -> dict[str, Any]:
         res = adjust_pvalues(p, args.method, args.alpha)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    return {"method": res.method, "alpha": res.alpha, "p": p, "adjusted": list(res.adjusted), "reject": list(res.reject)}
+    return {
+        "method": res.method,
+        "alpha": res.alpha,
+        "p": p,
+        "adjusted": list(res.adjusted),
+        "reject": list(res.reject),
+    }
 
 
 def _power(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,7 +324,9 @@ def _fmt(v: Any) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.stats", description="Experiment statistics engine.")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.stats", description="Experiment statistics engine."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def fmt(p: argparse.ArgumentParser) -> None:
@@ -325,7 +337,9 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--covariate", help="pre-period covariate column (ratio metrics: PRE_NUM[,PRE_DEN])")
     a.add_argument("--metric-type", choices=("mean", "ratio"), default=None, help="default: from the columns")
     margin = a.add_mutually_exclusive_group()
-    margin.add_argument("--margin-rel", type=float, help="TOST margin relative to the unadjusted control mean")
+    margin.add_argument(
+        "--margin-rel", type=float, help="TOST margin relative to the unadjusted control mean"
+    )
     margin.add_argument("--margin-abs", type=float, help="TOST margin in metric units")
     ni = a.add_mutually_exclusive_group()
     ni.add_argument("--noninferiority-margin-rel", type=float, help="non-inferiority margin, relative")

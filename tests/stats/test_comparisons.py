@@ -107,13 +107,18 @@ def test_cuped_matches_scipy_on_adjusted_values():
     unadj_var = yt.var(ddof=1) / yt.size + yc.var(ddof=1) / yc.size
     assert res.variance_reduction == pytest.approx(1 - res.se**2 / unadj_var, rel=1e-8)
     assert res.variance_reduction > 0.8  # ρ ≈ 0.92 here
-    assert res.control_mean == pytest.approx(yc.mean()) and res.control_mean_adjusted == pytest.approx(adj_c.mean())
+    assert res.control_mean == pytest.approx(yc.mean()) and res.control_mean_adjusted == pytest.approx(
+        adj_c.mean()
+    )
 
 
 def test_cuped_with_constant_covariate_is_plain_welch():
     rng = np.random.default_rng(12)
     yc, yt = rng.normal(0, 1, 100), rng.normal(0, 1, 120)
-    res = cuped(CovariateMeanStatistic.from_values(yc, np.ones(100)), CovariateMeanStatistic.from_values(yt, np.ones(120)))
+    res = cuped(
+        CovariateMeanStatistic.from_values(yc, np.ones(100)),
+        CovariateMeanStatistic.from_values(yt, np.ones(120)),
+    )
     ref = scipy.stats.ttest_ind(yt, yc, equal_var=False)
     assert res.theta == 0.0 and res.variance_reduction == pytest.approx(0.0, abs=1e-12)
     assert res.p_value == pytest.approx(ref.pvalue, rel=1e-9)
@@ -169,7 +174,7 @@ def test_cuped_ratio_matches_statsmodels_on_linearised_adjusted_values():
     adj_c = lin(nc, dc) - theta * (lin(pnc, pdc) - rx_pool)
     adj_t = lin(nt, dt) - theta * (lin(pnt, pdt) - rx_pool)
     cm = CompareMeans(DescrStatsW(adj_t), DescrStatsW(adj_c))
-    z, p = cm.ztest_ind(usevar="unequal")
+    _z, p = cm.ztest_ind(usevar="unequal")
     assert res.theta == pytest.approx(theta, rel=1e-8)
     assert res.diff == pytest.approx(adj_t.mean() - adj_c.mean(), rel=1e-8)
     assert res.p_value == pytest.approx(p, rel=1e-7)
@@ -230,7 +235,9 @@ def test_zero_control_mean_reports_absolute_difference_but_no_lift():
 
 
 def test_ratio_with_zero_denominator_is_not_computable():
-    res = ratio_delta(RatioStatistic.from_values([0.0, 0.0], [0.0, 0.0]), RatioStatistic.from_values([1.0, 2.0], [3.0, 4.0]))
+    res = ratio_delta(
+        RatioStatistic.from_values([0.0, 0.0], [0.0, 0.0]), RatioStatistic.from_values([1.0, 2.0], [3.0, 4.0])
+    )
     assert not res.computable and "denominator" in res.reason
 
 

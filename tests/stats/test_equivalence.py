@@ -69,7 +69,7 @@ def test_tost_not_computable_cases(arms):
 def test_noninferiority_matches_statsmodels_one_sided_welch(arms, direction, alternative, sign):
     c, t = arms
     res = noninferiority(welch(*_stats(c, t)), margin=0.2, direction=direction)
-    stat, p, df = ttest_ind(t, c, alternative=alternative, usevar="unequal", value=sign * 0.2)
+    _stat, p, df = ttest_ind(t, c, alternative=alternative, usevar="unequal", value=sign * 0.2)
     assert res.p_value == pytest.approx(p, rel=1e-9)
     assert res.df == pytest.approx(df, rel=1e-9)
     assert res.threshold == pytest.approx(sign * 0.2)

@@ -45,7 +45,9 @@ def test_srm_edge_cases():
     assert srm([10**7, 0]).p_value > 0.0  # underflow is floored, never exactly 0
 
 
-@pytest.mark.parametrize("method,sm", [("bonferroni", "bonferroni"), ("holm", "holm"), ("bh", "fdr_bh"), ("by", "fdr_by")])
+@pytest.mark.parametrize(
+    "method,sm", [("bonferroni", "bonferroni"), ("holm", "holm"), ("bh", "fdr_bh"), ("by", "fdr_by")]
+)
 def test_adjust_matches_statsmodels(method, sm):
     rng = np.random.default_rng(5)
     p = np.concatenate([rng.uniform(0, 0.05, 8), rng.uniform(0, 1, 12), [0.01, 0.01, 1.0]])  # ties included
