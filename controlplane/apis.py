@@ -275,7 +275,17 @@ class AuditListApi(APIView):
         target_type = serializers.CharField(required=False)
         target_id = serializers.CharField(required=False)
 
-    @extend_schema(operation_id="audit_list", parameters=[FilterSerializer], responses=AuditOutput(many=True))
+    class PageSerializer(serializers.Serializer):
+        count = serializers.IntegerField()
+        next = serializers.URLField(allow_null=True)
+        previous = serializers.URLField(allow_null=True)
+        results = AuditOutput(many=True)
+
+    @extend_schema(
+        operation_id="audit_list",
+        parameters=[FilterSerializer, OpenApiParameter("limit", int), OpenApiParameter("offset", int)],
+        responses=PageSerializer,
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
