@@ -1,0 +1,264 @@
+"""Hot-path infrastructure of the router: the per-process allocation cache and the log buffer.
+
+Route cache
+-----------
+A surface's :class:`~controlplane.assignment.AllocationConfig`, its stacks' kinds and timeouts
+and its fallback stack are cached per process, keyed by the surface. Each request re-validates
+the entry with one indexed query (surface id, production stack, ``updated_at`` and the id of the
+newest allocation) — a promotion or a new allocation version is therefore seen by the very next
+request. ``SERVING_CONFIG_TTL_S`` > 0 skips even that query for the given seconds (a serving
+fleet polling the published config behaves like a TTL of its poll interval).
+
+Log buffer
+----------
+Exposures, latency samples and impression logs are appended to an in-process buffer and written
+in bulk: exposures with ``INSERT … ON CONFLICT DO NOTHING`` (the first exposure per unit and salt
+wins), the rest as plain multi-row inserts. ``SERVING_LOG_MODE=sync`` (default) writes at the end
+of every request; ``background`` lets a daemon thread write every ``SERVING_LOG_FLUSH_MS``, taking
+the database off the request path (at the price of losing up to one interval of logs if the
+process dies). :func:`deferred_logging` batches a block of requests into one write (simulation).
+A per-process set of already-logged (surface, salt, unit) keys skips the exposure insert for
+units this process has logged before.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import close_old_connections, transaction
+from django.db.models import OuterRef, Subquery
+
+from controlplane.assignment import AllocationConfig
+from controlplane.errors import ApplicationError
+from controlplane.models import Allocation, RankingStack, Surface
+from controlplane.selectors import allocation_config, allocation_current
+from controlplane.serving.stacks import setting
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StackInfo:
+    label: str
+    kind: str
+    latency_slo_ms: float
+
+
+@dataclass(slots=True)
+class Route:
+    surface_id: int
+    surface_key: str
+    stamp: tuple[Any, ...]
+    allocation_id: int
+    config: AllocationConfig
+    stacks: dict[str, StackInfo]
+    production: str | None
+    checked_at: float = field(default=0.0)
+
+    def fallback_for(self, population_stack: str) -> str:
+        """The stack that serves when the assigned one fails: production, else the legacy stack."""
+        return self.production or population_stack
+
+
+class RouteCache:
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._routes.clear()
+
+    def get(self, surface_key: str) -> Route:
+        ttl = float(setting("SERVING_CONFIG_TTL_S", 0.0))
+        cached = self._routes.get(surface_key)
+        now = time.monotonic()
+        if cached is not None and ttl > 0 and now - cached.checked_at < ttl:
+            return cached
+        newest = Allocation.objects.filter(surface=OuterRef("pk")).order_by("-version").values("id")[:1]
+        row = (
+            Surface.objects.filter(key=surface_key)
+            .annotate(allocation_id=Subquery(newest))
+            .values_list("id", "production_stack_id", "updated_at", "allocation_id")
+            .first()
+        )
+        if row is None:
+            raise ApplicationError(
+                f"unknown surface {surface_key!r}", field="surface", code="unknown_surface", http_status=404
+            )
+        if row[3] is None:
+            raise ApplicationError(
+                f"surface {surface_key!r} has no allocation",
+                field="surface",
+                code="no_allocation",
+                http_status=409,
+            )
+        if cached is not None and cached.stamp == row:
+            cached.checked_at = now
+            return cached
+        route = self._build(surface_key, row)
+        route.checked_at = now
+        with self._lock:
+            self._routes[surface_key] = route
+        return route
+
+    @staticmethod
+    def _build(surface_key: str, stamp: tuple[Any, ...]) -> Route:
+        surface = Surface.objects.select_related("production_stack").get(pk=stamp[0])
+        allocation = allocation_current(surface=surface)
+        assert allocation is not None
+        config = allocation_config(allocation)
+        labels = {p.stack for p in config.populations}
+        labels.update(x for x in (config.treatment_stack, config.shadow_stack) if x)
+        if surface.production_stack:
+            labels.add(surface.production_stack.label)
+        stacks: dict[str, StackInfo] = {}
+        for stack in RankingStack.objects.all():
+            if stack.label in labels:
+                stacks[stack.label] = StackInfo(stack.label, stack.kind, stack.latency_slo_ms)
+        return Route(
+            surface_id=surface.pk,
+            surface_key=surface_key,
+            stamp=tuple(stamp),
+            allocation_id=allocation.pk,
+            config=config,
+            stacks=stacks,
+            production=surface.production_stack.label if surface.production_stack else None,
+        )
+
+
+class LogBuffer:
+    """Serving log rows waiting to be written (see module docstring)."""
+
+    SEEN_MAX = 500_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._exposures: list[Any] = []
+        self._latency: list[Any] = []
+        self._impressions: list[Any] = []
+        self._seen: OrderedDict[tuple[int, str, str], None] = OrderedDict()
+        self._defer_depth = 0
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    # -- producers --------------------------------------------------------------------------------
+    def exposure_seen(self, key: tuple[int, str, str]) -> bool:
+        return key in self._seen
+
+    def add(
+        self, *, exposure: Any = None, exposure_key: Any = None, latency: Any = None, impressions: Any = ()
+    ) -> None:
+        with self._lock:
+            if exposure is not None:
+                self._exposures.append(exposure)
+                self._seen[exposure_key] = None
+                if len(self._seen) > self.SEEN_MAX:
+                    self._seen.popitem(last=False)
+            if latency is not None:
+                self._latency.append(latency)
+            self._impressions.extend(impressions)
+
+    @property
+    def mode(self) -> str:
+        return str(setting("SERVING_LOG_MODE", "sync"))
+
+    def after_request(self) -> None:
+        if self._defer_depth:
+            return
+        if self.mode == "background":
+            self._ensure_thread()
+            return
+        self.flush()
+
+    # -- writers ----------------------------------------------------------------------------------
+    def flush(self) -> int:
+        from controlplane.serving.models import LatencySample, ServedImpression
+        from experiments.models import Exposure
+
+        with self._lock:
+            exposures, self._exposures = self._exposures, []
+            latency, self._latency = self._latency, []
+            impressions, self._impressions = self._impressions, []
+        if not (exposures or latency or impressions):
+            return 0
+        try:
+            with transaction.atomic():
+                if exposures:
+                    Exposure.objects.bulk_create(exposures, ignore_conflicts=True)
+                if latency:
+                    LatencySample.objects.bulk_create(latency, batch_size=1000)
+                if impressions:
+                    ServedImpression.objects.bulk_create(impressions, batch_size=2000)
+        except Exception:
+            # Logging must never fail a served request; forget the keys so exposures are retried.
+            with self._lock:
+                for exposure in exposures:
+                    self._seen.pop((exposure.surface_id, exposure.salt, exposure.unit_id), None)
+            self.dropped += len(exposures) + len(latency) + len(impressions)
+            logger.exception("serving log flush failed; dropped %d rows", len(exposures) + len(latency))
+            if self.mode != "background":
+                raise
+        return len(exposures) + len(latency) + len(impressions)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._run, name="serving-log-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        interval = float(setting("SERVING_LOG_FLUSH_MS", 200.0)) / 1e3
+        while True:
+            time.sleep(interval)
+            try:
+                close_old_connections()
+                self.flush()
+            except Exception:  # keep the writer alive; flush() already logged it
+                time.sleep(interval)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._exposures.clear()
+            self._latency.clear()
+            self._impressions.clear()
+            self._seen.clear()
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        with self._lock:
+            self._defer_depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._defer_depth -= 1
+            if not self._defer_depth:
+                self.flush()
+
+
+route_cache = RouteCache()
+log_buffer = LogBuffer()
+atexit.register(lambda: log_buffer.flush() if log_buffer.mode == "background" else None)
+
+
+def deferred_logging() -> contextlib.AbstractContextManager[None]:
+    """Write the serving logs of every request inside the block in one go at its end."""
+    return log_buffer.deferred()
+
+
+def router_reset() -> None:
+    """Forget cached routes and logged-exposure keys (tests; after restoring a database)."""
+    route_cache.clear()
+    log_buffer.reset()

@@ -1,0 +1,654 @@
+"""Bulk, validated, idempotent ingestion of the evidence the analysis reads.
+
+Four kinds of batch: per-unit, per-day **metric rows** (the warehouse hand-off), raw
+**engagement events** (rolled up here into per-unit-day metric rows), **exposures** reported by
+serving fleets that assign locally, and **latency samples** from those fleets.
+
+What is atomic and what is partial
+----------------------------------
+* Per batch, the accepted rows and the batch's :class:`IngestBatch` record commit in one
+  transaction: either both are stored or neither is.
+* Within a batch, validation is per row: a bad row is rejected with an error naming its index
+  (0-based) and field; the good rows are kept (status ``partial``). A batch whose every row is bad
+  is recorded as ``rejected``.
+* A ``client_batch_id`` makes a batch idempotent per kind: re-sending it returns the first result
+  and writes nothing (a re-send with a different row count is refused with 409). Send corrected
+  rows under a new batch id.
+
+Validation (each gives a per-row error): an unknown unit (no exposure logged for it on the surface,
+by the router or the exposures endpoint), an unknown or non-ingestible metric key, a negative or
+non-finite value (every ingestible metric is a count, a sum of seconds or a duration), a day or
+timestamp out of range (older than ``INGEST_MAX_AGE_DAYS``, default 400 days, for metric rows and
+``INGEST_EVENT_MAX_AGE_DAYS``, default 35, for events and samples; later than now + 1 day for
+days, now + 5 minutes for timestamps).
+
+Engagement events are **rolled up, not stored raw**: each batch adds its per-(unit, day, metric)
+sums as metric rows linked to the batch. The analysis reads unit-day sums, so a unit-day split
+across batches adds up exactly, and a raw-event table would duplicate the warehouse while halving
+ingest throughput. Post-level feedback for counterfactual evaluation goes to the serving
+impression log instead (``controlplane.serving.services.impressions_record_rewards``).
+
+Writes use PostgreSQL ``COPY … FROM STDIN`` (psycopg 3 ``cursor.copy``) on PostgreSQL and
+``bulk_create`` on SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from controlplane.errors import ApplicationError, ConflictError
+from controlplane.models import Allocation, Population, RankingStack, Surface
+from experiments.models import Exposure, IngestBatch, MetricDefinition, MetricObservation
+
+MAX_ROWS_PER_BATCH = 500_000
+ARMS = ("holdout", "control", "treatment")
+
+# key: (name, kind, direction, numerator, denominator, quantile, ingestible, description)
+STANDARD_METRICS: dict[str, tuple[str, str, str, str, str, float | None, bool, str]] = {
+    "impressions": ("Impressions", "mean", "higher", "", "", None, True, "Posts shown per unit-day"),
+    "sessions": ("Sessions", "mean", "higher", "", "", None, True, "Feed sessions without an error"),
+    "time_spent": ("Time spent (s)", "mean", "higher", "", "", None, True, "Dwell seconds per unit-day"),
+    "likes": ("Likes", "mean", "higher", "", "", None, True, ""),
+    "comments": ("Comments", "mean", "higher", "", "", None, True, ""),
+    "shares": ("Shares", "mean", "higher", "", "", None, True, ""),
+    "hides": ("Hides", "mean", "lower", "", "", None, True, ""),
+    "reports": ("Reports", "mean", "lower", "", "", None, True, ""),
+    "integrity_impressions": (
+        "Integrity-violating impressions", "mean", "lower", "", "", None, True, "Impressions of violating posts",
+    ),
+    "errors": ("Errors", "mean", "lower", "", "", None, True, "Feed requests that failed"),
+    "requests": ("Requests", "mean", "higher", "", "", None, True, "Feed requests"),
+    "meaningful_interactions": (
+        "Meaningful interactions", "mean", "higher", "", "", None, True, "Comments + shares",
+    ),
+    "newcomer_impressions": (
+        "Newcomer-creator impressions", "mean", "higher", "", "", None, True,
+        "Impressions of posts by newcomer creators",
+    ),
+    "engagements": ("Engagements", "mean", "higher", "", "", None, True, "Likes + comments + shares"),
+    "negative_feedback": ("Negative feedback", "mean", "lower", "", "", None, True, "Hides + reports"),
+    "engagement_rate": (
+        "Engagement rate", "ratio", "higher", "engagements", "impressions", None, False,
+        "Σ engagements / Σ impressions (delta method)",
+    ),
+    "hide_report_rate": (
+        "Hide + report rate", "ratio", "lower", "negative_feedback", "impressions", None, False,
+        "Σ (hides + reports) / Σ impressions",
+    ),
+    "integrity_rate": (
+        "Integrity-violating impression rate", "ratio", "lower", "integrity_impressions", "impressions", None,
+        False, "Σ violating impressions / Σ impressions",
+    ),
+    "error_rate": ("Error rate", "ratio", "lower", "errors", "requests", None, False, "Σ errors / Σ requests"),
+    "newcomer_share": (
+        "Newcomer-creator share", "ratio", "higher", "newcomer_impressions", "impressions", None, False,
+        "Σ newcomer impressions / Σ impressions",
+    ),
+    "latency_p99": (
+        "p99 latency (ms)", "quantile", "lower", "", "", 0.99, False,
+        "99th percentile of serving latency samples per arm",
+    ),
+    "latency_p50": (
+        "p50 latency (ms)", "quantile", "lower", "", "", 0.5, False,
+        "Median serving latency per arm",
+    ),
+}  # fmt: skip
+
+# Engagement event type → the metric keys one event adds its value to.
+EVENT_METRICS: dict[str, tuple[str, ...]] = {
+    "impression": ("impressions",),
+    "request": ("requests",),
+    "session": ("sessions",),
+    "dwell": ("time_spent",),
+    "like": ("likes", "engagements"),
+    "comment": ("comments", "meaningful_interactions", "engagements"),
+    "share": ("shares", "meaningful_interactions", "engagements"),
+    "hide": ("hides", "negative_feedback"),
+    "report": ("reports", "negative_feedback"),
+    "integrity_impression": ("integrity_impressions",),
+    "newcomer_impression": ("newcomer_impressions",),
+    "error": ("errors",),
+}
+
+
+def metric_definitions_ensure() -> int:
+    """Create the standard metric definitions that are missing; returns how many were created.
+
+    Existing rows are left as they are (an operator may have edited a description).
+    """
+    existing = set(
+        MetricDefinition.objects.filter(key__in=list(STANDARD_METRICS)).values_list("key", flat=True)
+    )
+    missing = [
+        MetricDefinition(
+            key=key,
+            name=name,
+            kind=kind,
+            direction=direction,
+            numerator=numerator,
+            denominator=denominator,
+            quantile=quantile,
+            ingestible=ingestible,
+            description=description,
+        )
+        for key, (name, kind, direction, numerator, denominator, quantile, ingestible, description) in (
+            STANDARD_METRICS.items()
+        )
+        if key not in existing
+    ]
+    MetricDefinition.objects.bulk_create(missing, ignore_conflicts=True)
+    return len(missing)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    batch: IngestBatch
+    replayed: bool
+    written: int = 0  # rows written to the evidence table (events: rolled-up metric rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.batch
+        return {
+            "client_batch_id": b.client_batch_id,
+            "kind": b.kind,
+            "status": b.status,
+            "received": b.received,
+            "accepted": b.accepted,
+            "rejected": b.rejected,
+            "errors": b.errors,
+            "replayed": self.replayed,
+            "rows_written": self.written,
+            "created_at": b.created_at.isoformat(),
+        }
+
+
+class _Errors:
+    """Per-row errors, in row order, at most one per (row, field)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.bad: set[int] = set()
+
+    def add_mask(self, mask: np.ndarray, field: str, message: str | Sequence[str]) -> None:
+        for i in np.flatnonzero(mask):
+            msg = message if isinstance(message, str) else message[int(i)]
+            self.items.append({"row": int(i), "field": field, "message": msg})
+            self.bad.add(int(i))
+
+    def sorted(self) -> list[dict[str, Any]]:
+        return sorted(self.items, key=lambda e: (e["row"], e["field"]))
+
+
+def _setting(name: str, default: int) -> int:
+    return int(getattr(settings, name, default))
+
+
+def _column(rows: Sequence[Any], name: str) -> pd.Series:
+    return _as_series([row.get(name) if isinstance(row, Mapping) else None for row in rows])
+
+
+def _surface(surface: Surface | str) -> Surface:
+    if isinstance(surface, Surface):
+        return surface
+    found = Surface.objects.filter(key=surface).first()
+    if found is None:
+        raise ApplicationError(
+            f"unknown surface {surface!r}", field="surface", code="unknown_surface", http_status=404
+        )
+    return found
+
+
+def _as_series(values: Sequence[Any] | np.ndarray | pd.Series) -> pd.Series:
+    if isinstance(values, pd.Series):
+        return values.reset_index(drop=True)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+        return pd.Series(values)
+    # JSON may put lists or objects anywhere; only hashable scalars go on to the checks.
+    return pd.Series(
+        [v if isinstance(v, str | int | float | bool) or v is None else repr(v) for v in values], dtype=object
+    )
+
+
+def _check_unit_ids(units: pd.Series, errors: _Errors, field: str = "unit_id") -> np.ndarray:
+    # Validate each distinct id once: a batch repeats the same units for many metrics and days.
+    verdict = {
+        u: isinstance(u, str) and 0 < len(u) <= 128 and u.isprintable() and u == u.strip()
+        for u in pd.unique(units)
+    }
+    valid = units.map(verdict).to_numpy(dtype=bool)
+    errors.add_mask(~valid, field, "must be 1..128 printable characters")
+    return valid
+
+
+def _known_units(surface: Surface, candidates: set[str]) -> set[str]:
+    """Units with an exposure on ``surface`` (any salt), among ``candidates``."""
+    known: set[str] = set()
+    items = sorted(candidates)
+    for start in range(0, len(items), 5000):
+        chunk = items[start : start + 5000]
+        known.update(
+            Exposure.objects.filter(surface=surface, unit_id__in=chunk)
+            .values_list("unit_id", flat=True)
+            .distinct()
+        )
+    return known
+
+
+def _check_known(surface: Surface, units: pd.Series, valid: np.ndarray, errors: _Errors) -> np.ndarray:
+    known = _known_units(surface, set(pd.unique(units[valid])))
+    is_known = valid & units.isin(known).to_numpy(dtype=bool)
+    errors.add_mask(valid & ~is_known, "unit_id", f"unknown unit: no exposure on surface {surface.key}")
+    return is_known
+
+
+def _check_values(
+    values: pd.Series, errors: _Errors, field: str = "value", default: float | None = None
+) -> np.ndarray:
+    if values.dtype.kind in "iuf":
+        numeric = values.to_numpy(dtype=float)
+        not_number = np.isnan(numeric) if default is None else np.zeros(len(numeric), dtype=bool)
+        numeric = np.where(np.isnan(numeric), default if default is not None else np.nan, numeric)
+    else:
+        if default is not None:
+            values = values.where(values.notna(), default)
+        kinds = values.map(type)
+        is_number = kinds.isin([int, float]).to_numpy(dtype=bool)
+        not_number = ~is_number
+        numeric = pd.to_numeric(values.where(is_number), errors="coerce").to_numpy(dtype=float)
+    errors.add_mask(not_number, field, "must be a number")
+    finite = np.isfinite(numeric)
+    errors.add_mask(~not_number & ~finite, field, "must be finite")
+    errors.add_mask(
+        ~not_number & finite & (numeric < 0), field, "negative count: values must be zero or more"
+    )
+    return numeric
+
+
+def _check_days(days: pd.Series, now: dt.datetime, errors: _Errors) -> np.ndarray:
+    parsed = pd.to_datetime(days.where(days.map(type).isin([str])), format="%Y-%m-%d", errors="coerce")
+    bad_format = parsed.isna().to_numpy()
+    errors.add_mask(bad_format, "day", "must be a date YYYY-MM-DD")
+    today = now.astimezone(dt.UTC).date()
+    earliest = pd.Timestamp(today - dt.timedelta(days=_setting("INGEST_MAX_AGE_DAYS", 400)))
+    latest = pd.Timestamp(today + dt.timedelta(days=1))
+    out_of_range = ~bad_format & ((parsed < earliest) | (parsed > latest)).to_numpy()
+    errors.add_mask(
+        out_of_range, "day", f"timestamp out of range: day must lie in {earliest.date()}..{latest.date()}"
+    )
+    return parsed.dt.date.to_numpy()
+
+
+def _check_timestamps(values: pd.Series, now: dt.datetime, errors: _Errors, field: str = "ts") -> pd.Series:
+    parsed = pd.to_datetime(
+        values.where(values.map(type).isin([str])), format="ISO8601", utc=True, errors="coerce"
+    )
+    bad_format = parsed.isna().to_numpy()
+    errors.add_mask(bad_format, field, "must be an ISO 8601 timestamp")
+    earliest = pd.Timestamp(now - dt.timedelta(days=_setting("INGEST_EVENT_MAX_AGE_DAYS", 35)))
+    latest = pd.Timestamp(now + dt.timedelta(minutes=5))
+    out_of_range = ~bad_format & ((parsed < earliest) | (parsed > latest)).to_numpy()
+    errors.add_mask(
+        out_of_range,
+        field,
+        f"timestamp out of range: must lie in {earliest.isoformat()}..{latest.isoformat()}",
+    )
+    return parsed
+
+
+def _check_choice(
+    values: pd.Series, allowed: Sequence[str], errors: _Errors, field: str, what: str
+) -> np.ndarray:
+    ok = values.isin(list(allowed)).to_numpy(dtype=bool)
+    errors.add_mask(~ok, field, [f"unknown {what} {v!r}" for v in values])
+    return ok
+
+
+# -- writing --------------------------------------------------------------------------------------
+def _is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def copy_frame(table: str, frame: pd.DataFrame) -> int:
+    """Write ``frame`` (columns = table columns) with PostgreSQL COPY in CSV format.
+
+    pandas renders the CSV in C; psycopg 3 streams it inside the current transaction.
+    """
+    if frame.empty:
+        return 0
+    buffer = io.StringIO()
+    frame.to_csv(buffer, header=False, index=False, na_rep="")
+    columns = ", ".join(connection.ops.quote_name(c) for c in frame.columns)
+    with connection.cursor() as cursor:
+        raw = cursor.cursor  # the psycopg cursor under Django's wrapper
+        with raw.copy(
+            f"COPY {connection.ops.quote_name(table)} ({columns}) FROM STDIN WITH (FORMAT csv)"
+        ) as copy:
+            copy.write(buffer.getvalue())
+    return len(frame)
+
+
+def _write_metric_frame(frame: pd.DataFrame) -> int:
+    """Columns: surface_id, unit_id, day, metric, value, batch_id."""
+    if _is_postgres():
+        return copy_frame(MetricObservation._meta.db_table, frame)
+    objs = [
+        MetricObservation(surface_id=s, unit_id=u, day=d, metric=m, value=v, batch_id=b)
+        for s, u, d, m, v, b in frame.itertuples(index=False, name=None)
+    ]
+    MetricObservation.objects.bulk_create(objs, batch_size=2000)
+    return len(objs)
+
+
+def _open_batch(
+    *, kind: str, client_batch_id: str, received: int, actor: Any, now: dt.datetime
+) -> tuple[IngestBatch, bool]:
+    """Claim ``client_batch_id`` inside the caller's transaction; (batch, replayed)."""
+    if not isinstance(client_batch_id, str) or not client_batch_id.strip() or len(client_batch_id) > 128:
+        raise ApplicationError("client_batch_id must be 1..128 characters", field="client_batch_id")
+    if received > MAX_ROWS_PER_BATCH:
+        raise ApplicationError(
+            f"a batch holds at most {MAX_ROWS_PER_BATCH} rows (got {received}); split it",
+            field="rows",
+            code="batch_too_large",
+            http_status=413,
+        )
+    existing = IngestBatch.objects.filter(kind=kind, client_batch_id=client_batch_id).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                label = actor if isinstance(actor, str) else getattr(actor, "username", str(actor))
+                batch = IngestBatch.objects.create(
+                    kind=kind,
+                    client_batch_id=client_batch_id,
+                    status=IngestBatch.Status.REJECTED,
+                    received=received,
+                    accepted=0,
+                    rejected=0,
+                    errors=[],
+                    created_by=label[:150],
+                    created_at=now,
+                )
+            return batch, False
+        except IntegrityError:
+            # A concurrent request with the same id committed first: replay its result.
+            existing = IngestBatch.objects.get(kind=kind, client_batch_id=client_batch_id)
+    if existing.received != received:
+        raise ConflictError(
+            f"batch {client_batch_id!r} was already ingested with {existing.received} rows; this one has "
+            f"{received}. Use a new client_batch_id for different rows.",
+            field="client_batch_id",
+        )
+    return existing, True
+
+
+def _close_batch(batch: IngestBatch, errors: _Errors, received: int) -> None:
+    rejected = len(errors.bad)
+    batch.accepted = received - rejected
+    batch.rejected = rejected
+    batch.errors = errors.sorted()
+    if rejected == 0:
+        batch.status = IngestBatch.Status.ACCEPTED
+    elif rejected == received:
+        batch.status = IngestBatch.Status.REJECTED
+    else:
+        batch.status = IngestBatch.Status.PARTIAL
+    batch.save(update_fields=["accepted", "rejected", "errors", "status"])
+
+
+def _ingestible_metrics() -> set[str]:
+    return set(MetricDefinition.objects.filter(ingestible=True).values_list("key", flat=True))
+
+
+# -- metric rows ----------------------------------------------------------------------------------
+def ingest_metric_rows(
+    *,
+    surface: Surface | str,
+    client_batch_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    actor: Any,
+    now: dt.datetime | None = None,
+) -> IngestResult:
+    """Ingest per-unit, per-day metric rows ``{unit_id, day: "YYYY-MM-DD", metric, value}``."""
+    return ingest_metric_columns(
+        surface=surface,
+        client_batch_id=client_batch_id,
+        unit_ids=_column(rows, "unit_id"),
+        days=_column(rows, "day"),
+        metrics=_column(rows, "metric"),
+        values=_column(rows, "value"),
+        actor=actor,
+        now=now,
+    )
+
+
+@transaction.atomic
+def ingest_metric_columns(
+    *,
+    surface: Surface | str,
+    client_batch_id: str,
+    unit_ids: Sequence[Any] | np.ndarray | pd.Series,
+    days: Sequence[Any] | np.ndarray | pd.Series,
+    metrics: Sequence[Any] | np.ndarray | pd.Series,
+    values: Sequence[Any] | np.ndarray | pd.Series,
+    actor: Any,
+    now: dt.datetime | None = None,
+) -> IngestResult:
+    """Columnar form of :func:`ingest_metric_rows` (the CSV/COPY path of the management command)."""
+    now = now or timezone.now()
+    surface = _surface(surface)
+    unit_ids, days, metrics, values = (_as_series(c) for c in (unit_ids, days, metrics, values))
+    n = len(unit_ids)
+    if not (len(days) == len(metrics) == len(values) == n):
+        raise ApplicationError("columns must have the same length", field="rows")
+    batch, replayed = _open_batch(
+        kind=IngestBatch.Kind.METRIC_ROWS, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+    )
+    if replayed:
+        return IngestResult(batch, True)
+    errors = _Errors()
+    valid_unit = _check_unit_ids(unit_ids, errors)
+    known = _check_known(surface, unit_ids, valid_unit, errors)
+    parsed_days = _check_days(days, now, errors)
+    metric_ok = _check_choice(metrics, sorted(_ingestible_metrics()), errors, "metric", "metric")
+    numeric = _check_values(values, errors)
+    good = np.ones(n, dtype=bool)
+    if errors.bad:
+        good[list(errors.bad)] = False
+    good &= known & metric_ok
+    idx = np.flatnonzero(good)
+    frame = pd.DataFrame(
+        {
+            "surface_id": surface.pk,
+            "unit_id": unit_ids.to_numpy(dtype=object)[idx],
+            "day": parsed_days[idx],
+            "metric": metrics.to_numpy(dtype=object)[idx],
+            "value": numeric[idx],
+            "batch_id": batch.pk,
+        }
+    )
+    written = _write_metric_frame(frame)
+    _close_batch(batch, errors, n)
+    return IngestResult(batch, False, written)
+
+
+# -- engagement events ----------------------------------------------------------------------------
+@transaction.atomic
+def ingest_events(
+    *,
+    surface: Surface | str,
+    client_batch_id: str,
+    events: Sequence[Mapping[str, Any]],
+    actor: Any,
+    now: dt.datetime | None = None,
+) -> IngestResult:
+    """Ingest engagement events ``{unit_id, ts (ISO 8601), type, value=1}`` and roll them up.
+
+    ``type`` is one of :data:`EVENT_METRICS`; ``value`` is a count (seconds for ``dwell``). Each
+    accepted event adds its value to the metric keys of its type for (unit, UTC day of ts).
+    """
+    now = now or timezone.now()
+    surface = _surface(surface)
+    n = len(events)
+    batch, replayed = _open_batch(
+        kind=IngestBatch.Kind.EVENTS, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+    )
+    if replayed:
+        return IngestResult(batch, True)
+    errors = _Errors()
+    units = _column(events, "unit_id")
+    valid_unit = _check_unit_ids(units, errors)
+    known = _check_known(surface, units, valid_unit, errors)
+    stamps = _check_timestamps(_column(events, "ts"), now, errors)
+    types = _column(events, "type")
+    type_ok = _check_choice(types, list(EVENT_METRICS), errors, "type", "event type")
+    numeric = _check_values(_column(events, "value"), errors, default=1)
+    good = np.ones(n, dtype=bool)
+    if errors.bad:
+        good[list(errors.bad)] = False
+    good &= known & type_ok
+    idx = np.flatnonzero(good)
+    frame = pd.DataFrame(
+        {
+            "unit_id": units.to_numpy(dtype=object)[idx],
+            "day": stamps.iloc[idx].dt.date.to_numpy(),
+            "type": types.to_numpy(dtype=object)[idx],
+            "value": numeric[idx],
+        }
+    )
+    # Roll up: one row per (unit, day, metric) for this batch, each event feeding its metric keys.
+    mapping = pd.DataFrame(
+        [(t, m) for t, keys in EVENT_METRICS.items() for m in keys], columns=["type", "metric"]
+    )
+    rolled = (
+        frame.merge(mapping, on="type")
+        .groupby(["unit_id", "day", "metric"], sort=True, as_index=False)["value"]
+        .sum()
+    )
+    rolled.insert(0, "surface_id", surface.pk)
+    rolled["batch_id"] = batch.pk
+    written = _write_metric_frame(rolled[["surface_id", "unit_id", "day", "metric", "value", "batch_id"]])
+    _close_batch(batch, errors, n)
+    return IngestResult(batch, False, written)
+
+
+# -- exposures ------------------------------------------------------------------------------------
+@transaction.atomic
+def ingest_exposures(
+    *,
+    surface: Surface | str,
+    client_batch_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    actor: Any,
+    now: dt.datetime | None = None,
+) -> IngestResult:
+    """Ingest exposures from fleets that assign locally:
+    ``{unit_id, salt, arm, population, stack, allocation_version, first_exposed_at}``.
+
+    The salt must be one of the surface's allocation salts. Inserted with ON CONFLICT DO NOTHING:
+    a unit already exposed under the salt keeps its first exposure (the row still counts as
+    accepted; ``rows_written`` counts the new ones).
+    """
+    now = now or timezone.now()
+    surface = _surface(surface)
+    n = len(rows)
+    batch, replayed = _open_batch(
+        kind=IngestBatch.Kind.EXPOSURES, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+    )
+    if replayed:
+        return IngestResult(batch, True)
+    errors = _Errors()
+    units = _column(rows, "unit_id")
+    _check_unit_ids(units, errors)
+    salts = _column(rows, "salt")
+    versions = {a.salt: a.version for a in Allocation.objects.filter(surface=surface)}
+    _check_choice(salts, list(versions), errors, "salt", f"allocation salt of {surface.key}:")
+    _check_choice(_column(rows, "arm"), ARMS, errors, "arm", "arm")
+    _check_choice(_column(rows, "population"), Population.values, errors, "population", "population")
+    labels = {s.label for s in RankingStack.objects.all()}
+    _check_choice(_column(rows, "stack"), sorted(labels), errors, "stack", "stack")
+    raw_versions = [row.get("allocation_version") if isinstance(row, Mapping) else None for row in rows]
+    bad_version = np.array(
+        [not (isinstance(v, int) and not isinstance(v, bool) and v > 0) for v in raw_versions], dtype=bool
+    )
+    errors.add_mask(bad_version, "allocation_version", "must be a positive integer")
+    stamps = _check_timestamps(_column(rows, "first_exposed_at"), now, errors, field="first_exposed_at")
+    good = [i for i in range(n) if i not in errors.bad]
+    objs = [
+        Exposure(
+            surface=surface,
+            salt=rows[i]["salt"],
+            unit_id=rows[i]["unit_id"],
+            arm=rows[i]["arm"],
+            population=rows[i]["population"],
+            stack=rows[i]["stack"],
+            allocation_version=rows[i]["allocation_version"],
+            first_exposed_at=stamps.iloc[i].to_pydatetime(),
+        )
+        for i in good
+    ]
+    before = Exposure.objects.filter(surface=surface).count()
+    Exposure.objects.bulk_create(objs, ignore_conflicts=True, batch_size=2000)
+    written = Exposure.objects.filter(surface=surface).count() - before
+    _close_batch(batch, errors, n)
+    return IngestResult(batch, False, written)
+
+
+# -- latency samples ------------------------------------------------------------------------------
+@transaction.atomic
+def ingest_latency(
+    *,
+    surface: Surface | str,
+    client_batch_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    actor: Any,
+    now: dt.datetime | None = None,
+) -> IngestResult:
+    """Ingest fleet latency samples ``{unit_id, stack, arm, ts, ms, salt?, request_id?}``."""
+    from controlplane.serving.models import LatencySample
+
+    now = now or timezone.now()
+    surface = _surface(surface)
+    n = len(rows)
+    batch, replayed = _open_batch(
+        kind=IngestBatch.Kind.LATENCY, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+    )
+    if replayed:
+        return IngestResult(batch, True)
+    errors = _Errors()
+    units = _column(rows, "unit_id")
+    valid_unit = _check_unit_ids(units, errors)
+    _check_known(surface, units, valid_unit, errors)
+    labels = sorted(s.label for s in RankingStack.objects.all())
+    _check_choice(_column(rows, "stack"), labels, errors, "stack", "stack")
+    _check_choice(_column(rows, "arm"), ARMS, errors, "arm", "arm")
+    stamps = _check_timestamps(_column(rows, "ts"), now, errors)
+    ms = _check_values(_column(rows, "ms"), errors, field="ms")
+    good = [i for i in range(n) if i not in errors.bad]
+    objs = [
+        LatencySample(
+            surface=surface,
+            request_id=str(rows[i].get("request_id") or "")[:64],
+            unit_id=rows[i]["unit_id"],
+            arm=rows[i]["arm"],
+            stack=rows[i]["stack"],
+            salt=str(rows[i].get("salt") or "")[:64],
+            ts=stamps.iloc[i].to_pydatetime(),
+            ms=float(ms[i]),
+            source=LatencySample.Source.INGESTED,
+            batch=batch,
+        )
+        for i in good
+    ]
+    LatencySample.objects.bulk_create(objs, batch_size=2000)
+    _close_batch(batch, errors, n)
+    return IngestResult(batch, False, len(objs))
