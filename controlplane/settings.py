@@ -233,6 +233,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute="*"),
         "options": {"expires": 50},
     },
+    "ramps-tick": {
+        "task": "migrations_runbooks.tasks.ramps_tick",
+        "schedule": crontab(minute="*"),
+        "options": {"expires": 50},
+    },
 }
 
 LOGGING = {
