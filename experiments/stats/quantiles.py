@@ -10,9 +10,14 @@ any quantile q, as in Bonett & Price 2002 for quantiles):
    q-quantile (Hahn & Meeker, *Statistical Intervals*, §5.2): with K ~ Binomial(n, q),
    l = F_K⁻¹(α/2) and u = F_K⁻¹ from the upper tail at α/2 (1-based ranks as in
    ``scipy.stats.quantile_test(...).confidence_interval``, to which this is pinned).
-3. Its length gives the arm's standard error, se = (x_(u) − x_(l)) / (2·z_{1−α/2}) — the
-   McKean–Schrader (1984) estimator, equivalently the Siddiqui–Bloch–Gastwirth sparsity
-   estimate of sqrt(q(1 − q)/n)/f(ξ_q) (asymptotic variance of a sample quantile).
+3. The interval's span gives the arm's standard error through the sparsity estimate of
+   the asymptotic variance q(1 − q)/(n·f(ξ_q)²) of a sample quantile (Bloch & Gastwirth
+   1968, *Ann. Math. Statist.* 39:1083–1085; Hall & Sheather 1988, *JRSS B* 50:381–391),
+   with the binomial ranks as the bandwidth:  1/f ≈ (x_(u) − x_(l)) / ((u − l)/n), so
+   se = sqrt(n·q(1 − q))·(x_(u) − x_(l)) / (u − l).  When u − l = 2·z_{1−α/2}·sqrt(nq(1 − q))
+   this is the McKean–Schrader (1984) estimator (x_(u) − x_(l))/(2z) used by Price & Bonett;
+   dividing by the actual rank gap removes the excess width that the discreteness of the
+   binomial adds (which made the pooled interval over-cover, ≈ 96.7% instead of 95%).
 4. The arms are independent: diff = q̂_t − q̂_c, se² = se²_t + se²_c, z-test and
    diff ± z_{1−α/2}·se.  The relative lift uses the delta method as for means.
 
@@ -59,10 +64,18 @@ def quantile_interval(
     values: npt.ArrayLike, q: float, alpha: float = 0.05
 ) -> tuple[float, tuple[float, float] | None, int]:
     """(point estimate, distribution-free (1 − α) interval or None when n is too small, n)."""
+    point, ci, n, _ = _quantile_interval_ranks(values, q, alpha)
+    return point, ci, n
+
+
+def _quantile_interval_ranks(
+    values: npt.ArrayLike, q: float, alpha: float
+) -> tuple[float, tuple[float, float] | None, int, int]:
+    """As ``quantile_interval`` plus the rank gap u − l of the interval's order statistics."""
     x = np.asarray(values, dtype=np.float64).reshape(-1)
     n = int(x.shape[0])
     if n == 0:
-        return math.nan, None, 0
+        return math.nan, None, 0, 0
     if not np.isfinite(x).all():
         raise ValueError("values contain NaN or infinity")
     k = max(0, math.ceil(n * q) - 1)  # 0-based index of x_(⌈nq⌉)
@@ -72,8 +85,8 @@ def quantile_interval(
     part = np.partition(x, kth)
     point = float(part[k])
     if lo < 0 or hi >= n:
-        return point, None, n
-    return point, (float(part[lo]), float(part[hi])), n
+        return point, None, n, 0
+    return point, (float(part[lo]), float(part[hi])), n, hi - lo
 
 
 def quantile_diff(
@@ -87,8 +100,8 @@ def quantile_diff(
     if not 0.0 < q < 1.0:
         raise ValueError(f"q must be in (0, 1), got {q}")
     method = f"quantile-p{q * 100:g}"
-    qc, ci_c, n_c = quantile_interval(control, q, alpha)
-    qt, ci_t, n_t = quantile_interval(treatment, q, alpha)
+    qc, ci_c, n_c, gap_c = _quantile_interval_ranks(control, q, alpha)
+    qt, ci_t, n_t, gap_t = _quantile_interval_ranks(treatment, q, alpha)
     if n_c == 0 or n_t == 0:
         empty = " and ".join(a for a, n in (("control", n_c), ("treatment", n_t)) if n == 0)
         return _empty_result(method, alpha, n_c, n_t, f"empty arm: {empty} has no units")
@@ -104,9 +117,8 @@ def quantile_diff(
             treatment_mean=qt,
             diff=qt - qc,
         )
-    z = float(ndtri(1.0 - alpha / 2.0))
-    se_c = (ci_c[1] - ci_c[0]) / (2.0 * z)
-    se_t = (ci_t[1] - ci_t[0]) / (2.0 * z)
+    se_c = math.sqrt(n_c * q * (1.0 - q)) * (ci_c[1] - ci_c[0]) / gap_c
+    se_t = math.sqrt(n_t * q * (1.0 - q)) * (ci_t[1] - ci_t[0]) / gap_t
     # Per-unit "variances" n·se² so results read like the other methods (and the
     # sequential test's default mixture scale is defined).
     return _compare(

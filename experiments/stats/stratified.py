@@ -65,12 +65,25 @@ def stratified(
     n_c = sum(r.n_control for r in items)
     n_t = sum(r.n_treatment for r in items)
     method = f"stratified-{weighting.replace('_', '-')}"
-    bad = [
-        f"{name} ({r.reason or 'no standard error'})"
-        for name, r in zip(names, items, strict=True)
-        if r.diff is None or r.se is None or r.control_se is None or r.treatment_se is None or not r.se > 0.0
-        or r.control_mean is None or r.treatment_mean is None
-    ]  # fmt: skip
+    bad: list[str] = []
+    arm_c: list[tuple[float, float]] = []  # (mean, se² of the mean) per stratum
+    arm_t: list[tuple[float, float]] = []
+    for name, r in zip(names, items, strict=True):
+        mc = r.control_mean_adjusted if r.control_mean_adjusted is not None else r.control_mean
+        mt = r.treatment_mean_adjusted if r.treatment_mean_adjusted is not None else r.treatment_mean
+        if (
+            r.se is None
+            or not r.se > 0.0
+            or r.control_se is None
+            or r.treatment_se is None
+            or mc is None
+            or mt is None
+        ):
+            bad.append(f"{name} ({r.reason or 'no standard error'})")
+            continue
+        # Each arm's (CUPED-adjusted where applicable) mean, so Σw·ȳ_t − Σw·ȳ_c = Σw·diff.
+        arm_c.append((mc, r.control_se**2))
+        arm_t.append((mt, r.treatment_se**2))
     if bad:
         return StratifiedResult(
             _empty_result(method, alpha, n_c, n_t, "stratum not computable: " + "; ".join(bad)),
@@ -79,7 +92,7 @@ def stratified(
     if weighting == "inverse_variance":
         if weights is not None:
             raise ValueError("explicit weights only go with weighting='population'")
-        raw = [1.0 / (r.se * r.se) for r in items]  # type: ignore[operator]
+        raw = [1.0 / (c[1] + t[1]) for c, t in zip(arm_c, arm_t, strict=True)]
     elif weights is None:
         raw = [float(r.n_control + r.n_treatment) for r in items]
     elif isinstance(weights, Mapping):
@@ -90,16 +103,9 @@ def stratified(
         raise ValueError(f"weights must be {len(items)} finite non-negative numbers with a positive sum")
     total = sum(raw)
     w = tuple(v / total for v in raw)
-    # Use each arm's (adjusted, where CUPED) mean so that Σw·ȳ_t − Σw·ȳ_c equals Σw·diff.
-    m_c = sum(
-        wi * (r.control_mean_adjusted if r.control_mean_adjusted is not None else r.control_mean)
-        for wi, r in zip(w, items, strict=True)
-    )  # type: ignore[misc]
-    m_t = sum(
-        wi * (r.treatment_mean_adjusted if r.treatment_mean_adjusted is not None else r.treatment_mean)
-        for wi, r in zip(w, items, strict=True)
-    )  # type: ignore[misc]
-    b_c = sum(wi * wi * r.control_se**2 for wi, r in zip(w, items, strict=True))  # type: ignore[operator]
-    b_t = sum(wi * wi * r.treatment_se**2 for wi, r in zip(w, items, strict=True))  # type: ignore[operator]
+    m_c = sum(wi * m for wi, (m, _) in zip(w, arm_c, strict=True))
+    m_t = sum(wi * m for wi, (m, _) in zip(w, arm_t, strict=True))
+    b_c = sum(wi * wi * b for wi, (_, b) in zip(w, arm_c, strict=True))
+    b_t = sum(wi * wi * b for wi, (_, b) in zip(w, arm_t, strict=True))
     pooled = _compare(method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t)
     return StratifiedResult(pooled, weighting, names, w, items)

@@ -35,20 +35,30 @@ def test_per_arm_interval_matches_scipy_quantile_test(n, q):
     assert ci == pytest.approx((ref.low, ref.high), rel=1e-15)
 
 
-def test_quantile_diff_combines_the_order_statistic_standard_errors():
+def test_quantile_diff_combines_the_sparsity_standard_errors():
     rng = np.random.default_rng(9)
     c, t = rng.lognormal(5.0, 0.5, 20_000), rng.lognormal(5.05, 0.5, 20_000)
     res = quantile_diff(c, t, q=0.99)
     z = scipy.stats.norm.ppf(0.975)
-    _, ci_c, _ = quantile_interval(c, 0.99)
-    _, ci_t, _ = quantile_interval(t, 0.99)
-    se = math.hypot((ci_c[1] - ci_c[0]) / (2 * z), (ci_t[1] - ci_t[0]) / (2 * z))
-    assert res.diff == pytest.approx(
-        np.quantile(t, 0.99, method="inverted_cdf") - np.quantile(c, 0.99, method="inverted_cdf")
-    )
-    assert res.se == pytest.approx(se, rel=1e-12)
-    assert res.ci == pytest.approx((res.diff - z * se, res.diff + z * se), rel=1e-12)
-    assert res.p_value == pytest.approx(2 * scipy.stats.norm.sf(abs(res.diff) / se), rel=1e-9)
+
+    def se(x):
+        # Rank gap of scipy's order-statistic interval (0-based indices as in quantile_test).
+        n = x.size
+        lo = int(scipy.stats.binom.ppf(0.025, n, 0.99)) - 1
+        hi = int(scipy.stats.binom.isf(0.025, n, 0.99))
+        xs = np.sort(x)
+        return math.sqrt(n * 0.99 * 0.01) * (xs[hi] - xs[lo]) / (hi - lo)
+
+    se_diff = math.hypot(se(c), se(t))
+    q_c, q_t = np.quantile(c, 0.99, method="inverted_cdf"), np.quantile(t, 0.99, method="inverted_cdf")
+    assert res.diff == pytest.approx(q_t - q_c)
+    assert res.se == pytest.approx(se_diff, rel=1e-12)
+    assert res.ci == pytest.approx((res.diff - z * se_diff, res.diff + z * se_diff), rel=1e-12)
+    assert res.p_value == pytest.approx(2 * scipy.stats.norm.sf(abs(res.diff) / se_diff), rel=1e-9)
+    # Sanity against the asymptotic variance with the true lognormal density at ξ_0.99.
+    xi = math.exp(5.0 + 0.5 * scipy.stats.norm.ppf(0.99))
+    f = scipy.stats.lognorm.pdf(xi, 0.5, scale=math.exp(5.0))
+    assert se(c) == pytest.approx(math.sqrt(0.99 * 0.01 / c.size) / f, rel=0.15)
     guard = noninferiority(res, margin=0.01, direction="lower", relative=True)
     assert guard.computable and guard.threshold == pytest.approx(0.01 * res.control_mean)
 
