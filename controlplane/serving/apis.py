@@ -120,14 +120,6 @@ class SurfaceRankApi(APIView):
         return response
 
 
-class SurfaceRankAliasApi(SurfaceRankApi):
-    """``…/rank/`` with a trailing slash (APPEND_SLASH cannot redirect a POST); same operation."""
-
-    @extend_schema(exclude=True)
-    def post(self, request: Request, surface_key: str) -> Response:
-        return super().post(request, surface_key)
-
-
 INGEST_DESCRIPTION = (
     "**Atomic:** a batch's accepted rows and its IngestBatch record commit in one transaction — both "
     "are stored or neither is. **Partial:** validation is per row; each bad row is rejected with an "

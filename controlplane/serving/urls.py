@@ -7,9 +7,6 @@ from controlplane.serving import apis
 urlpatterns = [
     path("api/v1/surfaces/<slug:surface_key>/rank", apis.SurfaceRankApi.as_view(), name="surface-rank"),
     path(
-        "api/v1/surfaces/<slug:surface_key>/rank/", apis.SurfaceRankApi.as_view(), name="surface-rank-slash"
-    ),
-    path(
         "api/v1/surfaces/<slug:surface_key>/shadow-parity/",
         apis.ShadowParityApi.as_view(),
         name="shadow-parity",
