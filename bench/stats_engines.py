@@ -48,7 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED = 20240601
 MARGIN_REL = 0.01
 ALPHA = 0.05
-PEER_VENVS = {"gbstats": ROOT / ".bench-venvs" / "gbstats", "tea-tasting": ROOT / ".bench-venvs" / "tea-tasting"}
+PEER_VENVS = {
+    "gbstats": ROOT / ".bench-venvs" / "gbstats",
+    "tea-tasting": ROOT / ".bench-venvs" / "tea-tasting",
+}
 
 
 def make_data(n: int) -> dict[str, np.ndarray]:
@@ -101,7 +104,13 @@ def ours_raw(d: dict[str, np.ndarray]) -> dict[str, Any]:
     t = CovariateMeanStatistic.from_values(d["yt"], d["xt"])
     res = cuped(c, t, ALPHA)
     eq = tost(res, MARGIN_REL, ALPHA, relative=True)
-    return {"diff": res.diff, "ci": res.ci, "p": res.p_value, "tost_p": eq.p_value, "equivalent": eq.equivalent}
+    return {
+        "diff": res.diff,
+        "ci": res.ci,
+        "p": res.p_value,
+        "tost_p": eq.p_value,
+        "equivalent": eq.equivalent,
+    }
 
 
 def ours_from_stats_factory(d: dict[str, np.ndarray]) -> Callable[[], object]:
@@ -155,7 +164,11 @@ def _gbstats_from_sums(sums: list[list[float]], n: int) -> dict[str, Any]:
     for sy, sx, syy, sxx, sxy in sums:
         post = SampleMeanStatistic(n=n, sum=sy, sum_squares=syy)
         pre = SampleMeanStatistic(n=n, sum=sx, sum_squares=sxx)
-        stats.append(RegressionAdjustedStatistic(n=n, post_statistic=post, pre_statistic=pre, post_pre_sum_of_products=sxy, theta=0))
+        stats.append(
+            RegressionAdjustedStatistic(
+                n=n, post_statistic=post, pre_statistic=pre, post_pre_sum_of_products=sxy, theta=0
+            )
+        )
     theta = compute_theta(stats[0], stats[1])
     for s in stats:
         s.theta = theta
@@ -163,10 +176,20 @@ def _gbstats_from_sums(sums: list[list[float]], n: int) -> dict[str, Any]:
     cfg = FrequentistConfig(alpha=ALPHA, difference_type="absolute")
     res = TwoSidedTTest(a, b, cfg).compute_result()
     delta = MARGIN_REL * sums[0][0] / n
-    lower = OneSidedTreatmentGreaterTTest(a, b, FrequentistConfig(alpha=ALPHA, difference_type="absolute", test_value=-delta))
-    upper = OneSidedTreatmentLesserTTest(a, b, FrequentistConfig(alpha=ALPHA, difference_type="absolute", test_value=delta))
+    lower = OneSidedTreatmentGreaterTTest(
+        a, b, FrequentistConfig(alpha=ALPHA, difference_type="absolute", test_value=-delta)
+    )
+    upper = OneSidedTreatmentLesserTTest(
+        a, b, FrequentistConfig(alpha=ALPHA, difference_type="absolute", test_value=delta)
+    )
     tost_p = max(lower.compute_result().p_value, upper.compute_result().p_value)
-    return {"diff": res.expected, "ci": list(res.ci), "p": res.p_value, "tost_p": tost_p, "equivalent": tost_p < ALPHA}
+    return {
+        "diff": res.expected,
+        "ci": list(res.ci),
+        "p": res.p_value,
+        "tost_p": tost_p,
+        "equivalent": tost_p < ALPHA,
+    }
 
 
 def worker_gbstats(d: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
@@ -179,7 +202,10 @@ def worker_gbstats(d: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
         return _gbstats_from_sums(sums, n)
 
     seconds, out = best_of(run, repeats)
-    sums = [[float(y.sum()), float(x.sum()), float(y @ y), float(x @ x), float(x @ y)] for y, x in ((d["yc"], d["xc"]), (d["yt"], d["xt"]))]
+    sums = [
+        [float(y.sum()), float(x.sum()), float(y @ y), float(x @ x), float(x @ y)]
+        for y, x in ((d["yc"], d["xc"]), (d["yt"], d["xt"]))
+    ]
     out["seconds"] = seconds
     out["from_stats_seconds"] = per_call(lambda: _gbstats_from_sums(sums, n))
     return out
@@ -229,7 +255,16 @@ def call_peer(name: str, n: int, repeats: int) -> dict[str, Any]:
     if not python.exists():
         return {"error": f"not installed ({venv.relative_to(ROOT)}; see bench/requirements-bench.txt)"}
     proc = subprocess.run(
-        [str(python), str(Path(__file__).resolve()), "--worker", name, "--size", str(n), "--repeats", str(repeats)],
+        [
+            str(python),
+            str(Path(__file__).resolve()),
+            "--worker",
+            name,
+            "--size",
+            str(n),
+            "--repeats",
+            str(repeats),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -266,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    engines = ["this engine (raw arrays)", "numpy one pass (floor)", "numpy 5 reductions", "statsmodels", "gbstats", "tea-tasting"]
+    engines = [
+        "this engine (raw arrays)",
+        "numpy one pass (floor)",
+        "numpy 5 reductions",
+        "statsmodels",
+        "gbstats",
+        "tea-tasting",
+    ]
     times: dict[str, dict[int, float | None]] = {e: {} for e in engines}
     results: dict[str, dict[int, dict[str, Any]]] = {e: {} for e in engines}
     from_stats: dict[str, float] = {}
@@ -280,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             "statsmodels": statsmodels_engine,
         }
         for name, fn in local.items():
-            reps = args.repeats * 3 if name in ("this engine (raw arrays)", "numpy one pass (floor)", "numpy 5 reductions") else args.repeats
-            times[name][n], results[name][n] = best_of(lambda fn=fn: fn(d), reps)
+            reps = (
+                args.repeats * 3
+                if name in ("this engine (raw arrays)", "numpy one pass (floor)", "numpy 5 reductions")
+                else args.repeats
+            )
+            times[name][n], results[name][n] = best_of(lambda fn=fn, d=d: fn(d), reps)
         if n == sizes[-1]:
             from_stats["this engine"] = per_call(ours_from_stats_factory(d))
         cs = checksum(d)
@@ -309,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([e, *[fmt_time(times[e].get(n)) for n in sizes], ratio])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
-    print(f"CUPED + 95% CI + TOST (±{MARGIN_REL:.0%} relative) from raw per-user arrays, best of {args.repeats}")
+    print(
+        f"CUPED + 95% CI + TOST (±{MARGIN_REL:.0%} relative) from raw per-user arrays, best of {args.repeats}"
+    )
     print(line)
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
     print(line)

@@ -80,6 +80,9 @@ def test_proportion_is_a_mean_of_zero_one_values():
     s = MeanStatistic.from_values(y)
     p = y.mean()
     assert s.variance == pytest.approx(p * (1 - p) * len(y) / (len(y) - 1), rel=1e-12)
+    assert MeanStatistic.from_counts(8, 5) == s
+    with pytest.raises(ValueError):
+        MeanStatistic.from_counts(3, 4)
 
 
 def test_ratio_linearised_variance_is_the_influence_value_variance():
