@@ -1,0 +1,358 @@
+"""Sufficient statistics of an experiment, computed inside the database by ONE aggregate query.
+
+The query joins the experiment's exposures (arm, legacy population, first-exposure day) with
+each unit's metric rows summed over the window — and over the pre-period for the CUPED
+covariate — and returns, per arm × population × first-exposure day, the sums every estimator
+needs (DESIGN.md, "Analysis pushes work to the data")::
+
+    n, Σy, Σy², Σx, Σx², Σxy                                   mean / proportion metrics
+    Σnum, Σnum², Σden, Σden², Σnum·den (+ the pre-period terms)  ratio metrics
+
+Column names are ``"<metric>__<field>"`` with the field names of the statistics engine's
+dataclasses (``sum``, ``sum_squares``, ``x_sum`` …), so a row feeds ``from_row`` directly.
+
+Rows are grouped by first-exposure day as well because units are disjoint across days, so the
+per-day rows ADD: the warehouse path uploads exactly these rows and the analysis sums them the
+same way (sufficient statistics of disjoint unit sets add; sums over days of one unit would not).
+
+Conventions, documented for PMs and pinned by tests:
+- A unit with an exposure but no metric rows counts as 0 for count (mean) metrics and for both
+  parts of a ratio (contributing nothing to either sum); for a proportion its value is 0.
+- A unit's value is the SUM of its per-day values over the window (MAX for proportions: "did it
+  happen on any day"); the covariate is the same over the pre-period.
+- Holdout units are excluded; only units first exposed on or before the as-of day count.
+
+The SQL is portable: it runs unchanged on PostgreSQL and SQLite (``date()`` of a timestamp,
+``CASE``, ``COALESCE``, string date literals), and a warehouse can run the exported text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.metrics import metric_components
+
+EXPOSURE_TABLE = "experiments_exposure"
+METRIC_TABLE = "experiments_metricobservation"
+_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+
+MEAN_FIELDS = ("sum", "sum_squares")
+COVARIATE_FIELDS = ("x_sum", "x_sum_squares", "xy_sum")
+RATIO_FIELDS = ("num_sum", "num_sum_squares", "den_sum", "den_sum_squares", "num_den_sum")
+RATIO_COVARIATE_FIELDS = (
+    "pre_num_sum",
+    "pre_num_sum_squares",
+    "pre_den_sum",
+    "pre_den_sum_squares",
+    "pre_num_pre_den_sum",
+    "num_pre_num_sum",
+    "num_pre_den_sum",
+    "den_pre_num_sum",
+    "den_pre_den_sum",
+)
+GROUP_FIELDS = ("arm", "population", "day", "allocation_version", "n")
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateMetric:
+    """What the query needs to know about one analysed metric."""
+
+    key: str
+    kind: str  # mean | proportion | ratio (quantiles are not additive: not in this query)
+    numerator: str = ""
+    denominator: str = ""
+    cuped: bool = False
+
+    def fields(self) -> tuple[str, ...]:
+        """The sufficient-statistic columns this metric gets (besides the shared ``n``)."""
+        if self.kind == "ratio":
+            return RATIO_FIELDS + (RATIO_COVARIATE_FIELDS if self.cuped else ())
+        return MEAN_FIELDS + (COVARIATE_FIELDS if self.cuped else ())
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateSpec:
+    """The experiment slice the query aggregates: (surface, salt, window) + pre-period."""
+
+    surface_id: int
+    salt: str
+    window_start: dt.date
+    window_end: dt.date
+    metrics: tuple[AggregateMetric, ...]
+    pre_start: dt.date | None = None
+    pre_end: dt.date | None = None
+    exposure_table: str = EXPOSURE_TABLE
+    metric_table: str = METRIC_TABLE
+
+    @property
+    def has_pre(self) -> bool:
+        return self.pre_start is not None and self.pre_end is not None and any(m.cuped for m in self.metrics)
+
+
+@dataclass
+class _Columns:
+    """Per-unit pivot columns, deduplicated: (base key, period, agg) → column name."""
+
+    names: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def get(self, key: str, period: str, agg: str) -> str:
+        ident = (key, period, agg)
+        if ident not in self.names:
+            self.names[ident] = f"c{len(self.names)}"
+        return self.names[ident]
+
+
+def _quote_alias(name: str) -> str:
+    # Metric keys are validated slugs; double quotes make "a-b__sum" a legal column alias.
+    return '"' + name.replace('"', "") + '"'
+
+
+def _check_table(name: str) -> str:
+    if not _IDENT_RE.match(name):
+        raise ValueError(f"{name!r} is not a plain table name")
+    return name
+
+
+def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
+    """The aggregate query as (SQL with %s placeholders, parameters), for Django's cursor."""
+    if not spec.metrics:
+        raise ValueError("no additive metrics to aggregate")
+    columns = _Columns()
+    params: list[Any] = []
+    has_pre = spec.has_pre
+
+    def unit_value(expression: str, period: str, agg: str) -> str:
+        """SQL for a unit's value of ``expression`` (keys joined by +) in ``period``."""
+        parts = [f"COALESCE(p.{columns.get(k, period, agg)}, 0)" for k in metric_components(expression)]
+        return parts[0] if len(parts) == 1 else "(" + " + ".join(parts) + ")"
+
+    # 1. What each metric needs, as per-unit expressions; registers the pivot columns.
+    outputs: list[tuple[str, str]] = []  # (alias, SQL aggregate over joined rows)
+    joined_exprs: dict[str, str] = {}
+
+    def per_unit(name: str, expression: str) -> str:
+        joined_exprs.setdefault(name, expression)
+        return name
+
+    for m in spec.metrics:
+        cuped = m.cuped and has_pre
+        if m.kind == "ratio":
+            num = per_unit(f"{m.key}:num", unit_value(m.numerator, "w", "sum"))
+            den = per_unit(f"{m.key}:den", unit_value(m.denominator, "w", "sum"))
+            pairs = [("num_sum", num, None), ("num_sum_squares", num, num), ("den_sum", den, None)]
+            pairs += [("den_sum_squares", den, den), ("num_den_sum", num, den)]
+            if cuped:
+                pn = per_unit(f"{m.key}:pre_num", unit_value(m.numerator, "p", "sum"))
+                pd = per_unit(f"{m.key}:pre_den", unit_value(m.denominator, "p", "sum"))
+                pairs += [
+                    ("pre_num_sum", pn, None),
+                    ("pre_num_sum_squares", pn, pn),
+                    ("pre_den_sum", pd, None),
+                    ("pre_den_sum_squares", pd, pd),
+                    ("pre_num_pre_den_sum", pn, pd),
+                    ("num_pre_num_sum", num, pn),
+                    ("num_pre_den_sum", num, pd),
+                    ("den_pre_num_sum", den, pn),
+                    ("den_pre_den_sum", den, pd),
+                ]
+            elif m.cuped:
+                pairs += [(f, None, None) for f in RATIO_COVARIATE_FIELDS]
+        else:
+            agg = "max" if m.kind == "proportion" else "sum"
+            if m.kind == "proportion" and len(metric_components(m.key)) != 1:
+                raise ValueError(f"proportion metric {m.key} must be one ingested key")
+            y = per_unit(f"{m.key}:y", unit_value(m.key, "w", agg))
+            pairs = [("sum", y, None), ("sum_squares", y, y)]
+            if cuped:
+                x = per_unit(f"{m.key}:x", unit_value(m.key, "p", agg))
+                pairs += [("x_sum", x, None), ("x_sum_squares", x, x), ("xy_sum", x, y)]
+            elif m.cuped:
+                pairs += [(f, None, None) for f in COVARIATE_FIELDS]
+        for fname, a, b in pairs:
+            alias = _quote_alias(f"{m.key}__{fname}")
+            if a is None:
+                # CUPED asked for but no pre-period: the covariate is identically 0 (θ = 0).
+                outputs.append((alias, "0.0"))
+            elif b is None:
+                outputs.append((alias, f"SUM(j.{_alias_col(a)})"))
+            else:
+                outputs.append((alias, f"SUM(j.{_alias_col(a)} * j.{_alias_col(b)})"))
+
+    # 2. Per-unit pivot of the metric rows: one conditional aggregate per (key, period, agg).
+    window = (spec.window_start.isoformat(), spec.window_end.isoformat())
+    pre = (
+        (spec.pre_start.isoformat(), spec.pre_end.isoformat())
+        if has_pre and spec.pre_start and spec.pre_end
+        else None
+    )
+    pivot_sql: list[str] = []
+    pivot_params: list[Any] = []
+    for (key, period, agg), col in columns.names.items():
+        lo, hi = window if period == "w" else pre  # type: ignore[misc]
+        fn = "MAX" if agg == "max" else "SUM"
+        pivot_sql.append(
+            f"{fn}(CASE WHEN m.metric = %s AND m.day >= %s AND m.day <= %s THEN m.value END) AS {col}"
+        )
+        pivot_params += [key, lo, hi]
+    keys = sorted({k for (k, _p, _a) in columns.names})
+    day_lo = min(window[0], pre[0]) if pre else window[0]
+    day_hi = max(window[1], pre[1]) if pre else window[1]
+    exposure_table = _check_table(spec.exposure_table)
+    metric_table = _check_table(spec.metric_table)
+
+    sql = (
+        "WITH units AS (\n"
+        "  SELECT e.unit_id, e.arm, e.population, e.allocation_version, date(e.first_exposed_at) AS day\n"
+        f"  FROM {exposure_table} e\n"
+        "  WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment')\n"
+        "    AND date(e.first_exposed_at) <= %s\n"
+        "),\n"
+        "per_unit AS (\n"
+        "  SELECT m.unit_id,\n    " + ",\n    ".join(pivot_sql) + "\n"
+        f"  FROM {metric_table} m\n"
+        f"  WHERE m.surface_id = %s AND m.metric IN ({', '.join(['%s'] * len(keys))})\n"
+        "    AND m.day >= %s AND m.day <= %s\n"
+        "  GROUP BY m.unit_id\n"
+        "),\n"
+        "j AS (\n"
+        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
+        + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_exprs.items())
+        + "\n"
+        "  FROM units u LEFT JOIN per_unit p ON p.unit_id = u.unit_id\n"
+        ")\n"
+        "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
+        + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
+        + "\nFROM j\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
+        "ORDER BY j.arm, j.population, j.day, j.allocation_version"
+    )
+    params = [spec.surface_id, spec.salt, window[1]]
+    params += pivot_params
+    params += [spec.surface_id, *keys, day_lo, day_hi]
+    return sql, params
+
+
+def _alias_col(name: str) -> str:
+    # "likes:y" → likes_y; metric keys may hold '-', which is not legal in a bare identifier.
+    return "v_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        raise TypeError("booleans are not expected in the aggregate query")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("non-finite literal")
+        return repr(value)
+    if isinstance(value, dt.date | str):
+        text = value.isoformat() if isinstance(value, dt.date) else value
+        return "'" + text.replace("'", "''") + "'"
+    raise TypeError(f"cannot render {type(value).__name__} as a SQL literal")
+
+
+def render_sql(sql: str, params: Sequence[Any]) -> str:
+    """Inline parameters as SQL literals: the plain SQL text a warehouse runs.
+
+    Only ints, finite floats, dates and strings occur (validated slugs, ISO dates, the salt);
+    strings are quoted with '' escaping, the SQL standard, so the text is safe to run.
+    """
+    pieces = sql.split("%s")
+    if len(pieces) - 1 != len(params):
+        raise ValueError(f"{len(pieces) - 1} placeholders but {len(params)} parameters")
+    out = [pieces[0]]
+    for value, piece in zip(params, pieces[1:], strict=True):
+        out += [_literal(value), piece]
+    return "".join(out)
+
+
+def run_query(spec: AggregateSpec, connection: Any) -> list[dict[str, Any]]:
+    """Execute the aggregate query on a Django connection; rows as dicts (day as ISO text)."""
+    sql, params = build_query(spec)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [c[0] for c in cursor.description]
+        rows = cursor.fetchall()
+    return [normalise_row(dict(zip(names, row, strict=True))) for row in rows]
+
+
+def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Canonical JSON-ready form of one result row (as the database or a warehouse returns it)."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if key in ("arm", "population"):
+            out[key] = str(value)
+        elif key == "day":
+            out[key] = value.isoformat() if isinstance(value, dt.date) else str(value)[:10]
+        elif key in ("n", "allocation_version"):
+            out[key] = int(value)
+        else:
+            out[key] = float(value) if value is not None else 0.0
+    return out
+
+
+def validate_rows(
+    rows: Iterable[Mapping[str, Any]], metrics: Sequence[AggregateMetric]
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Check uploaded warehouse rows: every group column and every metric's columns, as numbers.
+
+    Returns (normalised rows, errors by ``rows[i].column``). One bad row rejects the upload:
+    a partial set of sufficient statistics would silently bias every estimate.
+    """
+    errors: dict[str, list[str]] = {}
+    clean: list[dict[str, Any]] = []
+    needed = [f"{m.key}__{f}" for m in metrics for f in m.fields()]
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            errors.setdefault(f"rows[{i}]", []).append("must be an object")
+            continue
+        for name in GROUP_FIELDS:
+            if name not in row:
+                errors.setdefault(f"rows[{i}].{name}", []).append("is required")
+        if row.get("arm") not in ("control", "treatment"):
+            errors.setdefault(f"rows[{i}].arm", []).append("must be control or treatment")
+        try:
+            dt.date.fromisoformat(str(row.get("day", ""))[:10])
+        except ValueError:
+            errors.setdefault(f"rows[{i}].day", []).append("must be an ISO date")
+        for name in ("n", "allocation_version"):
+            value = row.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                errors.setdefault(f"rows[{i}].{name}", []).append("must be a non-negative integer")
+        for col in needed:
+            value = row.get(col)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                errors.setdefault(f"rows[{i}].{col}", []).append("must be a finite number")
+        if not any(k.startswith(f"rows[{i}]") for k in errors):
+            clean.append(normalise_row({k: row[k] for k in (*GROUP_FIELDS, *needed)}))
+    return clean, errors
+
+
+def sum_rows(
+    rows: Iterable[Mapping[str, Any]], *, until: str | None = None
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Add per-day rows into per (arm, population) totals (disjoint units: sums add)."""
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        if until is not None and str(row["day"]) > until:
+            continue
+        bucket = totals.setdefault((str(row["arm"]), str(row["population"])), {})
+        for key, value in row.items():
+            if key in ("arm", "population", "day", "allocation_version"):
+                continue
+            bucket[key] = bucket.get(key, 0) + value
+    return totals
+
+
+def metric_row(totals: Mapping[str, float], metric: AggregateMetric) -> dict[str, float]:
+    """The ``from_row`` mapping of one metric: shared n + its prefixed columns."""
+    prefix = f"{metric.key}__"
+    out: dict[str, float] = {"n": int(totals.get("n", 0))}
+    for name in metric.fields():
+        out[name] = float(totals.get(prefix + name, 0.0))
+    return out
