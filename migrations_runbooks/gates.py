@@ -105,6 +105,50 @@ def _gate_on(config: Mapping[str, Any], name: str) -> Any:
     return value if value not in (None, False) else None
 
 
+_SWITCHES = ("srm", "guardrails", "primary", "capacity", "ship_decision")
+
+
+def validate_config(config: Any) -> dict[str, Any]:
+    """Check a step's gate config; returns it as a dict or raises ValueError naming the key."""
+    if not isinstance(config, Mapping):
+        raise ValueError("gates must be an object")
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in _SWITCHES:
+            if not isinstance(value, bool):
+                raise ValueError(f"gates.{key} must be true or false")
+        elif key == "latency":
+            if value is not False and not (
+                isinstance(value, Mapping)
+                and set(value) <= {"metric", "parity_key"}
+                and len(value) == 1
+                and all(isinstance(v, str) and v for v in value.values())
+            ):
+                raise ValueError('gates.latency must be false, {"metric": key} or {"parity_key": key}')
+        elif key == "parity":
+            if isinstance(value, bool):
+                value = DEFAULT_PARITY_THRESHOLDS if value else False
+            elif isinstance(value, Mapping):
+                for name, bound in value.items():
+                    if not (
+                        isinstance(bound, Mapping)
+                        and len(bound) == 1
+                        and set(bound) <= {"min", "max"}
+                        and all(
+                            isinstance(v, int | float) and not isinstance(v, bool) for v in bound.values()
+                        )
+                    ):
+                        raise ValueError(
+                            f'gates.parity.{name} must be {{"min": number}} or {{"max": number}}'
+                        )
+            else:
+                raise ValueError("gates.parity must be false, true or {key: {min|max: number}}")
+        else:
+            raise ValueError(f"unknown gate {key!r}; known: {[*_SWITCHES, 'latency', 'parity']}")
+        out[key] = value
+    return out
+
+
 def needs_analysis(config: Mapping[str, Any]) -> bool:
     """Whether a step's gates read the experiment analysis (a shadow step's do not)."""
     latency = config.get("latency") or {}

@@ -172,10 +172,11 @@ def normalize_steps(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if treatment_bp == 0 and shadow_bp == 0:
             raise ApplicationError(f"{where}: a step serves treatment or shadows (both 0)", field=where)
         default_gates = gates.DEFAULT_SHADOW_GATES if treatment_bp == 0 else gates.DEFAULT_RAMP_GATES
-        step_gates = raw.get("gates")
-        if step_gates is not None and not isinstance(step_gates, Mapping):
-            raise ApplicationError(f"{where}.gates must be an object", field=f"{where}.gates")
-        merged = {**default_gates, **(step_gates or {})}
+        try:
+            step_gates = gates.validate_config(raw.get("gates") or {})
+        except ValueError as exc:
+            raise ApplicationError(f"{where}.{exc}", field=f"{where}.gates") from exc
+        merged = {**default_gates, **step_gates}
         if i == len(steps) - 1 and treatment_bp == 10000:
             merged.setdefault("ship_decision", True)
         out.append(
@@ -237,6 +238,7 @@ def runbook_template_upsert(
     promotion_needs_approval: bool = True,
     check_interval_s: int = 60,
 ) -> RunbookTemplate:
+    _require_role(actor, OPERATOR)
     specs = normalize_steps(steps if steps is not None else DEFAULT_STEPS)
     template = RunbookTemplate.objects.select_for_update().filter(key=key).first()
     values = {
@@ -613,7 +615,12 @@ def _enter_step(
     if 0 <= rb.current_step < len(steps) and rb.current_step != index:
         RampStep.objects.filter(pk=steps[rb.current_step].pk).update(completed_at=now)
     allocation = _allocation_for_step(rb, step, actor=actor, reason=reason, now=now)
-    if step.treatment_bp and rb.salt and not rb.experiment_key:
+    if (
+        step.treatment_bp
+        and rb.salt
+        and not rb.experiment_key
+        and any(gates.needs_analysis(s.gates or {}) for s in steps)
+    ):
         rb.experiment_key = gates.experiment_attach(runbook=rb, actor=actor, now=now)
     step.started_at, step.completed_at = now, None
     step.save(update_fields=["started_at", "completed_at"])
