@@ -186,7 +186,8 @@ def msprt(
         bound = diff - reach if direction == "higher" else diff + reach
         if previous is not None and previous.bound is not None:
             bound = max(bound, previous.bound) if direction == "higher" else min(bound, previous.bound)
-    p = _dist.floor_p(min(1.0, math.exp(-log_lr)) if log_lr < 745.0 else 0.0)
+    # p = min(1, 1/Λ); computed from log Λ so that neither tail overflows.
+    p = 1.0 if log_lr <= 0.0 else _dist.floor_p(math.exp(-log_lr) if log_lr < 745.0 else 0.0)
     if previous is not None and previous.p_value is not None:
         p = min(p, previous.p_value)
     return SequentialResult(
@@ -269,5 +270,5 @@ def msprt_path(
             bound = np.maximum.accumulate(d - reach, axis=-1)
         else:
             bound = np.minimum.accumulate(d + reach, axis=-1)
-    p = np.minimum.accumulate(np.clip(np.exp(-np.minimum(log_lr, 700.0)), _dist.P_FLOOR, 1.0), axis=-1)
+    p = np.minimum.accumulate(np.clip(np.exp(-np.clip(log_lr, 0.0, 700.0)), _dist.P_FLOOR, 1.0), axis=-1)
     return SequentialPath(log_lr, p, ci_lo, ci_hi, bound, p < alpha)

@@ -99,3 +99,17 @@ def test_sequential_not_computable_without_variance():
     assert not s.computable and s.p_value is None
     with pytest.raises(ValueError):
         msprt(_look(5, 100), margin=0.1)  # a margin needs a direction
+
+
+def test_extreme_estimates_neither_overflow_nor_report_p_zero():
+    base = _look(6, 1_000)
+    from dataclasses import replace
+
+    far_bad = replace(base, diff=-50.0)
+    s = msprt(far_bad, direction="higher", margin=0.1, mixture_sd=0.1)
+    assert s.p_value == 1.0 and not s.reject
+    far_good = replace(base, diff=50.0)
+    s = msprt(far_good, mixture_sd=0.1)
+    assert 0.0 < s.p_value < 1e-300 and s.reject
+    path = msprt_path([-50.0, 50.0], [base.se**2] * 2, 0.1, direction="higher", null=-0.1)
+    assert path.p_value[0] == 1.0 and path.p_value[1] > 0.0
