@@ -61,6 +61,7 @@ def _clean(value: Any) -> Any:
 
 def _read_csv(path: str, columns: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
     """Per arm, a float array per requested column; validates every row."""
+    columns = list(dict.fromkeys(columns))  # a covariate may reuse a metric column
     try:
         handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:

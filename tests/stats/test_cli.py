@@ -204,3 +204,43 @@ def test_power_command():
     table = run("power", "--cv", "2", "--rel-mde", "0.01", "--format", "table")
     assert table.returncode == 0 and "n_per_arm_rounded" in table.stdout
     assert run("power", "--cv", "-1", "--rel-mde", "0.01").returncode != 0
+
+
+def test_analyze_ratio_metric_with_pre_period_ratio_covariate(tmp_path):
+    from experiments.stats import CovariateRatioStatistic, cuped_ratio, ratio_delta
+
+    rng = np.random.default_rng(4)
+    rows = ["unit_id,arm,num,den,pre_num,pre_den"]
+    arms: dict[str, list[list[float]]] = {"control": [], "treatment": []}
+    for i in range(800):
+        arm = "control" if i % 2 else "treatment"
+        activity = rng.gamma(2.0, 8.0)
+        den, pre_den = int(rng.poisson(activity)) + 1, int(rng.poisson(activity)) + 1
+        num, pre_num = int(rng.binomial(den, 0.15)), int(rng.binomial(pre_den, 0.15))
+        rows.append(f"{i},{arm},{num},{den},{pre_num},{pre_den}")
+        arms[arm].append([num, den, pre_num, pre_den])
+    path = tmp_path / "ratio_pre.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = run_json(
+        "analyze",
+        "--data",
+        str(path),
+        "--metric-type",
+        "ratio",
+        "--covariate",
+        "pre_num,pre_den",
+        "--margin-rel",
+        "0.1",
+    )
+    c = CovariateRatioStatistic.from_values(*np.array(arms["control"]).T)
+    t = CovariateRatioStatistic.from_values(*np.array(arms["treatment"]).T)
+    assert out["p_value"] == pytest.approx(ratio_delta(c.ratio, t.ratio).p_value, rel=1e-9)
+    assert out["cuped"]["p_value"] == pytest.approx(cuped_ratio(c, t).p_value, rel=1e-9)
+    assert out["cuped"]["df"] is None and out["equivalence"]["applies_to"] == "cuped"
+    # A metric column may double as the covariate (pre_den defaults to 1).
+    assert (
+        run_json("analyze", "--data", str(path), "--covariate", "num", "--metric-type", "ratio")["cuped"][
+            "theta"
+        ]
+        is not None
+    )
