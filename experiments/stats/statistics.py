@@ -45,12 +45,13 @@ __all__ = [
 # and every sum and cross product of it is taken while it sits in cache, so the arrays are
 # streamed from RAM once although several reductions are computed ("one pass").  Large
 # inputs are split into contiguous chunks reduced by parallel threads: numpy and BLAS
-# release the GIL, and one core alone cannot saturate memory bandwidth.  While the pool
-# runs, BLAS is held to one thread per call (threadpoolctl, when installed): OpenBLAS would
+# release the GIL, and one core alone cannot saturate memory bandwidth.  BLAS is held to
+# one thread per call meanwhile (threadpoolctl, when installed, ~10 µs): OpenBLAS would
 # otherwise start its own threads for every block above 10,000 elements, oversubscribing
-# the cores (measured 2–5× slower on a loaded 2-core machine).
+# the cores (measured 2–5× slower, and up to 100× in bursts, on a loaded 2-core machine).
 _BLOCK = 1 << 16
 _PARALLEL_MIN = 1 << 20
+_BLAS_THREAD_MIN = 10_000
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
 _blas_controller: Any = None
@@ -103,17 +104,20 @@ def _moments(
     for a in arrays[1:]:
         if a.shape[0] != n:
             raise ValueError(f"arrays have different lengths: {n} and {a.shape[0]}")
-    if n >= _PARALLEL_MIN and _WORKERS > 1:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_WORKERS - 1, thread_name_prefix="stats-moments")
-        bounds = [n * w // _WORKERS for w in range(_WORKERS + 1)]
-        chunks = [[a[bounds[w] : bounds[w + 1]] for a in arrays] for w in range(_WORKERS)]
-        with _blas_one_thread():
+    # OpenBLAS threads every ddot above 10,000 elements; for cache-sized blocks that
+    # hand-off costs more than it saves (and collapses on a busy machine), so BLAS is held
+    # to one thread while this function runs its own, coarser parallelism.
+    with _blas_one_thread() if n > _BLAS_THREAD_MIN else nullcontext():
+        if n >= _PARALLEL_MIN and _WORKERS > 1:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=_WORKERS - 1, thread_name_prefix="stats-moments")
+            bounds = [n * w // _WORKERS for w in range(_WORKERS + 1)]
+            chunks = [[a[bounds[w] : bounds[w + 1]] for a in arrays] for w in range(_WORKERS)]
             futures = [_pool.submit(_chunk_moments, c, pairs) for c in chunks[1:]]
             parts = [_chunk_moments(chunks[0], pairs)] + [f.result() for f in futures]
-        total = [sum(col) for col in zip(*parts, strict=True)]
-    else:
-        total = _chunk_moments(arrays, pairs)
+            total = [sum(col) for col in zip(*parts, strict=True)]
+        else:
+            total = _chunk_moments(arrays, pairs)
     if not all(math.isfinite(v) for v in total):
         # A NaN or inf anywhere propagates into the sums: checking the handful of sums is
         # free, checking every value would cost another pass over the data.
