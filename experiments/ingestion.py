@@ -341,12 +341,13 @@ def _write_metric_frame(frame: pd.DataFrame) -> int:
     """Columns: surface_id, unit_id, day, metric, value, batch_id."""
     if _is_postgres():
         return copy_frame(MetricObservation._meta.db_table, frame)
-    objs = [
-        MetricObservation(surface_id=s, unit_id=u, day=d, metric=m, value=v, batch_id=b)
+    from controlplane.serving.bulk import insert_rows
+
+    rows = [
+        (int(s), u, d.isoformat(), m, float(v), int(b))
         for s, u, d, m, v, b in frame.itertuples(index=False, name=None)
     ]
-    MetricObservation.objects.bulk_create(objs, batch_size=2000)
-    return len(objs)
+    return insert_rows(MetricObservation._meta.db_table, list(frame.columns), rows)
 
 
 def _open_batch(

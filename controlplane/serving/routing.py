@@ -40,6 +40,7 @@ from controlplane.assignment import AllocationConfig
 from controlplane.errors import ApplicationError
 from controlplane.models import Allocation, RankingStack, Surface
 from controlplane.selectors import allocation_config, allocation_current
+from controlplane.serving.bulk import insert_objects
 from controlplane.serving.stacks import setting
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,18 @@ class RouteCache:
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
         self._lock = threading.Lock()
+        self._pinned = 0
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Skip re-validation inside the block (a simulation run under one fixed allocation)."""
+        with self._lock:
+            self._pinned += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pinned -= 1
 
     def clear(self) -> None:
         with self._lock:
@@ -81,7 +94,7 @@ class RouteCache:
         ttl = float(setting("SERVING_CONFIG_TTL_S", 0.0))
         cached = self._routes.get(surface_key)
         now = time.monotonic()
-        if cached is not None and ttl > 0 and now - cached.checked_at < ttl:
+        if cached is not None and (self._pinned or (ttl > 0 and now - cached.checked_at < ttl)):
             return cached
         newest = Allocation.objects.filter(surface=OuterRef("pk")).order_by("-version").values("id")[:1]
         row = (
@@ -194,10 +207,8 @@ class LogBuffer:
             with transaction.atomic():
                 if exposures:
                     Exposure.objects.bulk_create(exposures, ignore_conflicts=True)
-                if latency:
-                    LatencySample.objects.bulk_create(latency, batch_size=1000)
-                if impressions:
-                    ServedImpression.objects.bulk_create(impressions, batch_size=2000)
+                insert_objects(LatencySample, latency)
+                insert_objects(ServedImpression, impressions)
         except Exception:
             # Logging must never fail a served request; forget the keys so exposures are retried.
             with self._lock:

@@ -26,6 +26,7 @@ from django.utils import timezone
 from controlplane.assignment import AssignmentError, bucket
 from controlplane.errors import ApplicationError
 from controlplane.models import RankingStack, Surface
+from controlplane.serving.bulk import insert_objects
 from controlplane.serving.counterfactual import explore_top_k
 from controlplane.serving.models import LatencySample, ServedImpression, ShadowComparison, ShadowParityDaily
 from controlplane.serving.parity import ranking_parity
@@ -88,6 +89,7 @@ def rank_request(
     defer: Callable[[Callable[[], None]], None] | None = None,
     log_impressions: bool = True,
     explore_rate: float | None = None,
+    deadline: bool = True,
 ) -> dict[str, Any]:
     """Serve one ranking request through the router (see module docstring).
 
@@ -129,9 +131,8 @@ def rank_request(
         try:
             if info is None:
                 raise StackUnavailable(label, "error", "stack is not in the registry")
-            result, _ = registry.rank(
-                label, info.kind, rank_req, _timeout_ms(info.latency_slo_ms, "SERVING_RANK_TIMEOUT_MS")
-            )
+            timeout = _timeout_ms(info.latency_slo_ms, "SERVING_RANK_TIMEOUT_MS") if deadline else None
+            result, _ = registry.rank(label, info.kind, rank_req, timeout)
             served = label
             break
         except StackUnavailable as exc:
@@ -435,7 +436,7 @@ def simulate_traffic(
     now: dt.datetime | None = None,
     sessions_mean: float = 1.6,
     explore_rate: float | None = None,
-    impression_log_depth: int = 20,
+    impression_log_depth: int = 10,
     actor: Any = "system:simulate",
     ingest: bool = True,
 ) -> dict[str, Any]:
@@ -468,7 +469,7 @@ def simulate_traffic(
     newcomer = _newcomer_authors(store)
 
     responses: list[tuple[int, dict[str, Any]]] = []
-    with registry.with_effects(effects_by_stack), deferred_logging():
+    with registry.with_effects(effects_by_stack), deferred_logging(), route_cache.pinned():
         for index, (user, n) in enumerate(zip(user_list, sessions, strict=True)):
             for s in range(int(n)):
                 response = rank_request(
@@ -478,6 +479,7 @@ def simulate_traffic(
                     request_id=f"sim-{surface_key}-{day.isoformat()}-{user}-{s}",
                     log_impressions=False,
                     explore_rate=explore_rate,
+                    deadline=False,  # offline simulation: no thread hand-off per request
                 )
                 responses.append((user, response))
 
@@ -549,7 +551,7 @@ def simulate_traffic(
                 for unit, total in zip(codes, sums, strict=True):
                     per_unit.setdefault(str(unit), Counter())[metric] += float(total)
 
-    ServedImpression.objects.bulk_create(impression_rows, batch_size=2000)
+    insert_objects(ServedImpression, impression_rows)
     batch = None
     if ingest:
         metric_definitions_ensure()

@@ -21,6 +21,12 @@ def _rankers_artifacts_dir() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # The role fixtures create several users; PBKDF2 at full strength costs seconds on a shared CPU.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _fresh_router() -> Iterator[None]:
     from controlplane.serving.routing import router_reset
 

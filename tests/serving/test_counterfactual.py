@@ -66,7 +66,7 @@ def test_ips_is_unbiased_for_a_different_ranking():
 
 
 def test_position_bias_recovers_the_examination_curve():
-    _, req, pos, _, reward, _, explored = _simulate(30_000, seed=2)
+    _, _req, pos, _, reward, _, explored = _simulate(30_000, seed=2)
     bias = position_bias(pos, reward, explored, k=K)
     ratio = np.array(bias["relative_examination"])
     se = np.array(bias["se"])
