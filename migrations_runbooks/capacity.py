@@ -55,9 +55,11 @@ class SurfaceLoad:
 
 @dataclass(frozen=True, slots=True)
 class Prices:
+    """Defaults mirror ``CapacityConfig`` (AWS on-demand: g5.xlarge GPU, c6i.8xlarge CPU replicas)."""
+
     headroom: float = 0.3
-    gpu_replica_cost_per_hour: float = 2.50
-    cpu_replica_cost_per_hour: float = 0.40
+    gpu_replica_cost_per_hour: float = 1.006
+    cpu_replica_cost_per_hour: float = 1.36
     host_cpu_cores_per_gpu_replica: float = 2.0
     min_replicas: int = 1
     max_gpu_replicas: int | None = None

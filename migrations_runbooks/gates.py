@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PASS, WAIT, HOLD, ROLLBACK = "pass", "wait", "hold", "rollback"
 SRM_THRESHOLD = 0.001  # DESIGN.md: flag SRM when the χ² p-value is below 0.001
 
-#: Gates of a live (treated) step; the final step adds ``ship_decision``.
+#: Gates of a live (treated) step; the last step with a control group adds ``ship_decision``.
 DEFAULT_RAMP_GATES: dict[str, Any] = {
     "srm": True,
     "guardrails": True,
@@ -40,11 +40,26 @@ DEFAULT_RAMP_GATES: dict[str, Any] = {
     "parity": False,
 }
 #: Gates of a shadow step: parity thresholds on the aggregated shadow comparison.
+#: The 100% step has no control group left to compare with (every unit is treated, and units first
+#: exposed as control have crossed over), so it bakes on serving health of the target stack: p99
+#: latency within the SLO and error/fallback rates, plus capacity. The ship decision that lets a
+#: runbook reach 100% is taken on the last step that still has a control group.
+DEFAULT_BAKE_GATES: dict[str, Any] = {
+    "srm": False,
+    "guardrails": False,
+    "primary": False,
+    "ship_decision": False,
+    "latency": {"serving_key": "p99_ms"},
+    "serving": {"error_rate": {"max": 0.01}, "fallback_rate": {"max": 0.02}},
+    "capacity": True,
+    "parity": False,
+}
+#: Keys are those of ``controlplane.serving.selectors.shadow_parity_daily`` rows.
 DEFAULT_PARITY_THRESHOLDS: dict[str, dict[str, float]] = {
-    "overlap_at_10": {"min": 0.2},
+    "overlap_10": {"min": 0.2},
     "rbo": {"min": 0.3},
     "calibration_diff": {"max": 0.05},
-    "shadow_error_rate": {"max": 0.01},
+    "error_rate": {"max": 0.01},
 }
 DEFAULT_SHADOW_GATES: dict[str, Any] = {
     "srm": False,
@@ -120,11 +135,14 @@ def validate_config(config: Any) -> dict[str, Any]:
         elif key == "latency":
             if value is not False and not (
                 isinstance(value, Mapping)
-                and set(value) <= {"metric", "parity_key"}
+                and set(value) <= {"metric", "parity_key", "serving_key"}
                 and len(value) == 1
                 and all(isinstance(v, str) and v for v in value.values())
             ):
-                raise ValueError('gates.latency must be false, {"metric": key} or {"parity_key": key}')
+                raise ValueError('gates.latency must be false or {"metric"|"parity_key"|"serving_key": key}')
+        elif key == "serving":
+            if value is not False and not _bounds_ok(value):
+                raise ValueError("gates.serving must be false or {key: {min|max: number}}")
         elif key == "parity":
             if isinstance(value, bool):
                 value = DEFAULT_PARITY_THRESHOLDS if value else False
@@ -144,9 +162,24 @@ def validate_config(config: Any) -> dict[str, Any]:
             else:
                 raise ValueError("gates.parity must be false, true or {key: {min|max: number}}")
         else:
-            raise ValueError(f"unknown gate {key!r}; known: {[*_SWITCHES, 'latency', 'parity']}")
+            raise ValueError(f"unknown gate {key!r}; known: {[*_SWITCHES, 'latency', 'parity', 'serving']}")
         out[key] = value
     return out
+
+
+def _bounds_ok(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(bound, Mapping)
+        and len(bound) == 1
+        and set(bound) <= {"min", "max"}
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bound.values())
+        for bound in value.values()
+    )
+
+
+def needs_serving(config: Mapping[str, Any]) -> bool:
+    latency = config.get("latency") or {}
+    return bool(_gate_on(config, "serving")) or (isinstance(latency, Mapping) and "serving_key" in latency)
 
 
 def needs_analysis(config: Mapping[str, Any]) -> bool:
@@ -168,6 +201,8 @@ def evaluate(
     analysis_error: str = "",
     parity: Mapping[str, Any] | None = None,
     parity_error: str = "",
+    serving: Mapping[str, Any] | None = None,
+    serving_error: str = "",
     capacity: CapacityCheck | None = None,
 ) -> list[Gate]:
     """All gates of a step. Pure: dicts in, :class:`Gate` list out."""
@@ -206,7 +241,9 @@ def evaluate(
             gates.append(_latency_from_analysis(analysis, latency_cfg["metric"], facts.slo_ms, mature))
         if _gate_on(cfg, "ship_decision"):
             gates.append(_ship_gate(analysis, mature))
-    elif facts.min_units and not needs_analysis(cfg) and not _gate_on(cfg, "parity"):
+    elif (
+        facts.min_units and not needs_analysis(cfg) and not _gate_on(cfg, "parity") and not needs_serving(cfg)
+    ):
         gates.append(Gate("min_units", WAIT, "no analysis to count units yet", threshold=facts.min_units))
     parity_cfg = _gate_on(cfg, "parity")
     if parity_cfg:
@@ -214,6 +251,8 @@ def evaluate(
         latency_cfg = cfg.get("latency") or {}
         if latency_cfg and "parity_key" in latency_cfg:
             gates.append(_latency_from_parity(parity, latency_cfg["parity_key"], facts.slo_ms, mature))
+    if needs_serving(cfg):
+        gates.extend(_serving_gates(serving, serving_error, cfg, facts, mature))
     if _gate_on(cfg, "capacity") and capacity is not None:
         gates.append(capacity_gate(capacity, subject=facts.name))
     return gates
@@ -348,7 +387,13 @@ def _metric_gates(analysis: Mapping[str, Any], *, role: str, mature: bool) -> li
             )
             continue
         seq_worse = sequential_worse(m)
-        worse = seq_worse if seq_worse is not None else verdict in ("worse", "inferior")
+        shown_fine = verdict in ("noninferior", "equivalent", "better")
+        if seq_worse is None:
+            worse = verdict in ("worse", "inferior")
+        else:
+            # Only an always-valid interval is trustworthy under continuous peeking; "inferior" from
+            # the analysis already requires its sequential interval beyond the margin too.
+            worse = (seq_worse and not shown_fine) or verdict == "inferior"
         if worse:
             how = "always-valid interval" if seq_worse is not None else f"verdict {verdict}"
             out.append(
@@ -366,7 +411,7 @@ def _metric_gates(analysis: Mapping[str, Any], *, role: str, mature: bool) -> li
             )
             continue
         if role == "guardrail":
-            ok = verdict in ("noninferior", "equivalent", "better") or seq_worse is False
+            ok = shown_fine or seq_worse is False
             reason = (
                 f"{subject} {verdict}"
                 if verdict in ("noninferior", "equivalent", "better")
@@ -436,6 +481,68 @@ def _latency_from_parity(parity: Mapping[str, Any] | None, key: str, slo_ms: flo
         threshold=slo_ms,
         comparator="<=",
     )
+
+
+def _serving_gates(
+    serving: Mapping[str, Any] | None, error: str, cfg: Mapping[str, Any], facts: StepFacts, mature: bool
+) -> list[Gate]:
+    soft = HOLD if mature else WAIT
+    if not serving or not serving.get("requests"):
+        return [Gate("serving", soft, f"no serving samples of the target stack: {error or 'none yet'}")]
+    n = int(serving["requests"])
+    out = [
+        Gate(
+            "min_units",
+            PASS if n >= facts.min_units else WAIT,
+            f"{n} requests served by the target stack; need {facts.min_units}",
+            subject="serving",
+            value=float(n),
+            threshold=float(facts.min_units),
+            comparator=">=",
+        )
+    ]
+    for key, bound in (cfg.get("serving") or {}).items():
+        value = serving.get(key)
+        if value is None:
+            out.append(Gate("serving", soft, f"serving health has no {key}", subject=key))
+            continue
+        value = float(value)
+        if "min" in bound:
+            ok, threshold, cmp = value >= float(bound["min"]), float(bound["min"]), ">="
+        else:
+            ok, threshold, cmp = value <= float(bound["max"]), float(bound["max"]), "<="
+        out.append(
+            Gate(
+                "serving",
+                PASS if ok else HOLD,
+                f"served {key} {value:.4g} {'meets' if ok else 'misses'} {cmp} {threshold:.4g}",
+                subject=key,
+                value=value,
+                threshold=threshold,
+                comparator=cmp,
+            )
+        )
+    latency = cfg.get("latency") or {}
+    if isinstance(latency, Mapping) and "serving_key" in latency:
+        key = latency["serving_key"]
+        value = serving.get(key)
+        if value is None:
+            out.append(Gate("latency_slo", soft, f"no served {key} yet", subject=key))
+        else:
+            value = float(value)
+            out.append(
+                Gate(
+                    "latency_slo",
+                    PASS if value <= facts.slo_ms else HOLD,
+                    f"served {key} {value:.1f} ms {'within' if value <= facts.slo_ms else 'over'} the "
+                    f"{facts.slo_ms:.0f} ms SLO",
+                    subject=key,
+                    value=value,
+                    threshold=facts.slo_ms,
+                    comparator="<=",
+                )
+            )
+    return out
 
 
 def _ship_gate(analysis: Mapping[str, Any], mature: bool) -> Gate:
@@ -522,7 +629,9 @@ def experiment_attach(*, runbook: Any, actor: Any, now: dt.datetime) -> str:
     return str(experiment.key)
 
 
-def experiment_freeze(*, runbook: Any, actor: Any, reason: str, now: dt.datetime) -> dict[str, Any]:
+def experiment_freeze(
+    *, runbook: Any, actor: Any, reason: str, now: dt.datetime, analysis_run_id: int | None = None
+) -> dict[str, Any]:
     """Record the ship decision with the experiments app (its Decision freezes the readout).
 
     The runbook keeps its own frozen copy (``final_readout``) either way. A refusal by the
@@ -540,11 +649,20 @@ def experiment_freeze(*, runbook: Any, actor: Any, reason: str, now: dt.datetime
         return {"decision": None, "decision_error": "experiments decision service not installed"}
     from django.db import transaction
 
+    kwargs: dict[str, Any] = {
+        "experiment": experiment,
+        "actor": actor,
+        "now": now,
+        "verdict": "ship",
+        "note": reason,
+    }
+    if analysis_run_id is not None:
+        from experiments.models import AnalysisRun  # type: ignore[attr-defined]
+
+        kwargs["analysis_run"] = AnalysisRun.objects.filter(pk=analysis_run_id).first()
     try:
         with transaction.atomic():
-            decision = experiment_decide(
-                experiment=experiment, actor=actor, now=now, verdict="ship", note=reason
-            )
+            decision = experiment_decide(**kwargs)
     except ApplicationError as exc:
         log.warning("experiments refused the ship decision for %s: %s", experiment, exc.message)
         return {"decision": None, "decision_error": exc.message}
@@ -580,7 +698,7 @@ def fresh_analysis(*, runbook: Any, now: dt.datetime) -> tuple[dict[str, Any] | 
     result = getattr(run, "result", None)
     if not isinstance(result, dict):
         return None, "analysis returned no result"
-    return result, ""
+    return {**result, "analysis_run_id": run.pk}, ""
 
 
 def aggregate_parity(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -596,15 +714,14 @@ def aggregate_parity(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             continue
         if "p99" in key or key.endswith("_max"):
             out[key] = max(v for v, _ in vals)
-        elif key in ("errors", "shadow_errors"):
+        elif key in ("errors", "timeouts", "compared"):
             out[key] = sum(v for v, _ in vals)
         else:
             weight = sum(w for _, w in vals) or 1
             out[key] = sum(v * w for v, w in vals) / weight
-    if "shadow_error_rate" not in out:
-        errors = out.get("shadow_errors", out.get("errors"))
-        if errors is not None:
-            out["shadow_error_rate"] = float(errors) / total
+    if "errors" in out:
+        # Recompute the overall rate from the summed counts (exact, not a mean of daily rates).
+        out["error_rate"] = (float(out["errors"]) + float(out.get("timeouts", 0.0))) / total
     return out
 
 
@@ -629,3 +746,37 @@ def fresh_parity(*, runbook: Any, since: dt.datetime | None) -> tuple[dict[str, 
     if not rows:
         return None, "no shadow comparisons recorded since the step started"
     return aggregate_parity(rows), ""
+
+
+def fresh_serving(
+    *, runbook: Any, since: dt.datetime | None, until: dt.datetime
+) -> tuple[dict[str, Any] | None, str]:
+    """Serving health of the target stack since the step started (the router's latency samples)."""
+    try:
+        from controlplane.serving.selectors import serving_health  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "the serving app's health selector is not installed"
+    try:
+        label = runbook.target_stack.label
+        rows = [
+            r
+            for r in serving_health(surface=runbook.surface, since=since, until=until)
+            if r.get("stack") == label
+        ]
+    except Exception as exc:  # a failed read holds the step; it never passes it
+        log.exception("serving health for %s failed", runbook)
+        return None, f"serving health failed: {exc}"
+    requests = sum(int(r.get("requests") or 0) for r in rows)
+    if not requests:
+        return None, "no requests served by the target stack since the step started"
+    errors = sum(int(r.get("errors") or 0) for r in rows)
+    fallbacks = sum(int(r.get("fallbacks") or 0) for r in rows)
+    p99 = [float(r["p99_ms"]) for r in rows if r.get("p99_ms") is not None]
+    return {
+        "requests": requests,
+        "errors": errors,
+        "fallbacks": fallbacks,
+        "error_rate": errors / requests,
+        "fallback_rate": fallbacks / requests,
+        "p99_ms": max(p99) if p99 else None,  # the worst arm: the SLO holds for every user
+    }, ""

@@ -114,6 +114,11 @@ class Runbook(models.Model):
     # The experiment analysed while this runbook ramps (experiments.Experiment.key) and its salt.
     experiment_key = models.CharField(max_length=100, blank=True)
     salt = models.CharField(max_length=64, blank=True)
+    ship_decision = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The analysis that recommended ship, on the step that took the decision",
+    )
     final_readout = models.JSONField(null=True, blank=True, help_text="Frozen analysis at promotion")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -352,12 +357,17 @@ class Notification(models.Model):
 
 
 class CapacityConfig(models.Model):
-    """Prices, headroom and fleet limits for capacity plans (one row keyed "default")."""
+    """Prices, headroom and fleet limits for capacity plans (one row keyed "default").
+
+    Default prices are AWS on-demand list prices (us-east-1): a legacy CPU ranking replica as a
+    c6i.8xlarge (32 vCPU, $1.36/h) and a GPU replica as a g5.xlarge (1× A10G, 4 vCPU, $1.006/h), of
+    whose vCPUs about two are left for retrieval and pass 0/2 next to the model server. Configure them.
+    """
 
     key = models.SlugField(max_length=32, unique=True, default="default")
     headroom = models.FloatField(default=0.3, help_text="Spare fraction above peak (0.3 = 30%)")
-    gpu_replica_cost_per_hour = models.FloatField(default=2.50)
-    cpu_replica_cost_per_hour = models.FloatField(default=0.40)
+    gpu_replica_cost_per_hour = models.FloatField(default=1.006)
+    cpu_replica_cost_per_hour = models.FloatField(default=1.36)
     host_cpu_cores_per_gpu_replica = models.FloatField(
         default=2.0, help_text="Host cores each GPU replica brings for retrieval and pass 0/2"
     )

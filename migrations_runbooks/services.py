@@ -74,19 +74,22 @@ DEFAULT_STEPS: list[dict[str, Any]] = [
         "needs_approval": True,
     },
     {
+        # The decision step: the most power with a control group left; it needs a ship verdict.
         "name": "50%",
         "treatment_bp": 5000,
         "min_duration_s": 3 * DAY,
         "min_units": 2000,
         "needs_approval": False,
+        "gates": {**gates.DEFAULT_RAMP_GATES, "ship_decision": True},
     },
     {
+        # Bake at 100% on serving health, then promote (with a second pair of eyes).
         "name": "100%",
         "treatment_bp": 10000,
         "min_duration_s": DAY,
-        "min_units": 0,
+        "min_units": 1000,
         "needs_approval": True,
-        "gates": {**gates.DEFAULT_RAMP_GATES, "ship_decision": True},
+        "gates": gates.DEFAULT_BAKE_GATES,
     },
 ]
 
@@ -171,14 +174,18 @@ def normalize_steps(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             )
         if treatment_bp == 0 and shadow_bp == 0:
             raise ApplicationError(f"{where}: a step serves treatment or shadows (both 0)", field=where)
-        default_gates = gates.DEFAULT_SHADOW_GATES if treatment_bp == 0 else gates.DEFAULT_RAMP_GATES
+        default_gates = (
+            gates.DEFAULT_SHADOW_GATES
+            if treatment_bp == 0
+            else gates.DEFAULT_BAKE_GATES
+            if treatment_bp == 10000
+            else gates.DEFAULT_RAMP_GATES
+        )
         try:
             step_gates = gates.validate_config(raw.get("gates") or {})
         except ValueError as exc:
             raise ApplicationError(f"{where}.{exc}", field=f"{where}.gates") from exc
         merged = {**default_gates, **step_gates}
-        if i == len(steps) - 1 and treatment_bp == 10000:
-            merged.setdefault("ship_decision", True)
         out.append(
             {
                 "name": name[:60],
@@ -193,6 +200,16 @@ def normalize_steps(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         previous_bp = treatment_bp
     if out[-1]["treatment_bp"] != 10000:
         raise ApplicationError("the last step must move 100% (10000 bp) to the target stack", field="steps")
+    if not any(s["gates"].get("ship_decision") for s in out):
+        # Promotion needs a ship decision: by default the last step that still has a control group
+        # takes it (at 100% nothing is left to compare with).
+        compared = [s for s in out if 0 < s["treatment_bp"] < 10000]
+        if not compared:
+            raise ApplicationError(
+                "a plan needs a step with a control group (0 < treatment_bp < 10000) to take the ship decision",
+                field="steps",
+            )
+        compared[-1]["gates"] = {**compared[-1]["gates"], "ship_decision": True}
     return out
 
 
@@ -624,6 +641,8 @@ def _enter_step(
         rb.experiment_key = gates.experiment_attach(runbook=rb, actor=actor, now=now)
     step.started_at, step.completed_at = now, None
     step.save(update_fields=["started_at", "completed_at"])
+    if rb.ship_decision and index <= int(rb.ship_decision.get("step_index", -1)):
+        rb.ship_decision = None  # back at (or before) the decision step: the decision is taken again
     rb.current_step, rb.step_started_at, rb.pending_step = index, now, None
     rb.status, rb.status_reason = Runbook.Status.RUNNING, reason
     rb.next_check_at = now + dt.timedelta(seconds=rb.check_interval_s)
@@ -1041,6 +1060,9 @@ def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now:
     parity, parity_error = (None, "")
     if gates.needs_parity(config):
         parity, parity_error = gates.fresh_parity(runbook=rb, since=step.started_at)
+    serving, serving_error = (None, "")
+    if gates.needs_serving(config):
+        serving, serving_error = gates.fresh_serving(runbook=rb, since=step.started_at, until=now)
     facts = gates.StepFacts(
         name=step.name,
         treatment_bp=step.treatment_bp,
@@ -1060,6 +1082,8 @@ def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now:
         analysis_error=analysis_error,
         parity=parity,
         parity_error=parity_error,
+        serving=serving,
+        serving_error=serving_error,
         capacity=check,
     )
     outcome = gates.summarize(result)
@@ -1260,11 +1284,17 @@ def _tick_live(rb: Runbook, now: dt.datetime) -> tuple[str, str]:
     if outcome == gates.HOLD:
         return _hold(rb, step, ev.gates, reason=reason, now=now, analysis=ev.analysis)
 
-    # Gates pass. Where to next: a pending (approved) jump, the next step, or promotion.
+    # Gates pass. Remember a ship verdict taken here; then: a pending jump, the next step, or promotion.
+    _remember_ship_decision(rb, step, ev, now)
     is_last = step.index == len(steps) - 1
     target = rb.pending_step if rb.pending_step is not None else (None if is_last else step.index + 1)
     approval = _open_approval(rb)
     if target is None:
+        if not rb.ship_decision:
+            missing = gates.Gate(
+                "ship_decision", gates.HOLD, "no ship decision was recorded on a step with a control group"
+            )
+            return _hold(rb, step, [*ev.gates, missing], reason=missing.reason, now=now, analysis=ev.analysis)
         if rb.promotion_needs_approval:
             if approval is None or approval.kind != Approval.Kind.PROMOTION:
                 return _wait_for_approval(rb, step, ev, kind=Approval.Kind.PROMOTION, target=None, now=now)
@@ -1333,6 +1363,22 @@ def _tick_live(rb: Runbook, now: dt.datetime) -> tuple[str, str]:
         before=_snapshot(rb),
     )
     return StepEvaluation.Outcome.ADVANCE, f"→ {next_step.name}"
+
+
+def _remember_ship_decision(rb: Runbook, step: RampStep, ev: Evaluation, now: dt.datetime) -> None:
+    if not any(g.gate == "ship_decision" and g.outcome == gates.PASS for g in ev.gates) or not ev.analysis:
+        return
+    decision = ev.analysis.get("decision") or {}
+    rb.ship_decision = {
+        "step_index": step.index,
+        "step": step.name,
+        "decided_at": now.isoformat(),
+        "analysis_run_id": ev.analysis.get("analysis_run_id"),
+        "computed_at": ev.analysis.get("computed_at"),
+        "reasons": decision.get("reasons") or [],
+        "analysis": dict(ev.analysis),
+    }
+    rb.save(update_fields=["ship_decision"])
 
 
 def _hold(
@@ -1449,7 +1495,8 @@ def _promote(
     }
     rb.final_readout = {
         "frozen_at": now.isoformat(),
-        "analysis": dict(analysis) if analysis else None,
+        "analysis": dict(analysis) if analysis else (rb.ship_decision or {}).get("analysis"),
+        "ship_decision": {k: v for k, v in (rb.ship_decision or {}).items() if k != "analysis"} or None,
         "gates": [g.to_dict() for g in gate_list],
         "approval": {
             "id": approval.pk,
@@ -1459,7 +1506,15 @@ def _promote(
         if approval
         else None,
     }
-    rb.final_readout.update(gates.experiment_freeze(runbook=rb, actor=actor, reason=reason, now=now))
+    rb.final_readout.update(
+        gates.experiment_freeze(
+            runbook=rb,
+            actor=actor,
+            reason=reason,
+            now=now,
+            analysis_run_id=(rb.ship_decision or {}).get("analysis_run_id"),
+        )
+    )
     if rb.target_stack.status != RankingStack.Status.ACTIVE:
         core.stack_set_status(
             stack=rb.target_stack,
@@ -1553,6 +1608,10 @@ def runbook_promote(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
     ):
         raise ApplicationError(
             "four-eyes: the approver cannot also carry out the promotion", code="four_eyes", http_status=403
+        )
+    if not rb.ship_decision:
+        raise ConflictError(
+            "promotion needs a ship decision recorded on a step with a control group", field="ship_decision"
         )
     ev = runbook_evaluate(rb, step, steps, now=now)
     if ev.outcome != gates.PASS:

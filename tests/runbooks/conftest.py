@@ -142,7 +142,7 @@ def scripted_analysis(monkeypatch: pytest.MonkeyPatch) -> ScriptedAnalysis:
     monkeypatch.setattr(
         gates,
         "experiment_freeze",
-        lambda *, runbook, actor, reason, now: {"decision": None, "decision_error": "scripted"},
+        lambda **kw: {"decision": None, "decision_error": "scripted"},
     )
     return scripted
 
@@ -155,13 +155,23 @@ def scripted_parity(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     parity: dict[str, Any] = {
         "n": 5000,
         "days": 1,
-        "overlap_at_10": 0.55,
+        "overlap_10": 0.55,
         "rbo": 0.62,
         "calibration_diff": 0.01,
-        "shadow_error_rate": 0.001,
+        "error_rate": 0.001,
         "shadow_p99_ms": 61.0,
     }
     monkeypatch.setattr(gates, "fresh_parity", lambda *, runbook, since: (dict(parity), ""))
+    # Serving health of the target stack at the 100% bake step.
+    serving = {
+        "requests": 50_000,
+        "errors": 10,
+        "fallbacks": 20,
+        "error_rate": 0.0002,
+        "fallback_rate": 0.0004,
+        "p99_ms": 66.0,
+    }
+    monkeypatch.setattr(gates, "fresh_serving", lambda *, runbook, since, until: (dict(serving), ""))
     return parity
 
 

@@ -389,5 +389,9 @@ def test_steps_are_validated_and_editable(seeded, users):
         now=T0,
     )
     assert list(rb.steps.values_list("name", flat=True)) == ["10%", "all"]
-    assert rb.steps.get(index=1).gates["ship_decision"] is True
+    # The decision is taken where a control group remains; 100% bakes on serving health.
+    assert rb.steps.get(index=0).gates["ship_decision"] is True
+    assert rb.steps.get(index=1).gates["ship_decision"] is False and "serving" in rb.steps.get(index=1).gates
+    with pytest.raises(ApplicationError, match="control group"):
+        make_runbook(seeded, users, steps=[{"name": "all", "treatment_bp": 10000}])
     assert not Approval.objects.exists()

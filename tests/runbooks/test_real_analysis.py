@@ -1,0 +1,109 @@
+"""Runbooks on the experiments app's real analysis (no scripted results): evidence in, verdicts out.
+
+Evidence is synthesized per unit-day (tests/runbooks/evidence.py) under the live allocation, so
+SRM, equivalence, non-inferiority and the always-valid sequential intervals are computed by the
+experiments app from rows, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.models import AuditEvent, RankingStack
+from controlplane.selectors import allocation_current
+from migrations_runbooks import services
+from migrations_runbooks.models import Runbook
+from tests.runbooks.conftest import DAY, HOUR, T0
+from tests.runbooks.evidence import synthesize_day
+
+pytestmark = pytest.mark.django_db
+
+#: shadow → 50% (the decision step) → 100% (bake on serving health). Editable plans are a feature;
+#: one comparative step keeps every unit in the arm of its first exposure.
+STEPS = [
+    {
+        "name": "shadow",
+        "treatment_bp": 0,
+        "shadow_bp": 1000,
+        "min_duration_s": 86400,
+        "gates": {"parity": False, "latency": False},
+    },
+    {"name": "50%", "treatment_bp": 5000, "min_duration_s": 86400, "min_units": 500},
+    {
+        "name": "100%",
+        "treatment_bp": 10000,
+        "min_duration_s": 86400,
+        "min_units": 100,
+        "needs_approval": True,
+    },
+]
+
+
+def test_pages_promotes_on_a_real_ship_decision(seeded, users):
+    pages = seeded["pages"]
+    rb = services.runbook_create(
+        surface=pages, target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=STEPS
+    )
+    services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=T0)
+    services.ramps_advance_due(now=T0 + DAY)
+    rb.refresh_from_db()
+    assert (rb.current_step, rb.experiment_key) == (1, f"runbook-{rb.pk}-pages")
+    synthesize_day(surface=pages, day=(T0 + DAY).date(), units=3000)
+    services.ramps_advance_due(now=T0 + 2 * DAY + HOUR)
+    rb.refresh_from_db()
+    assert rb.status == "waiting_approval", rb.status_reason
+    assert rb.ship_decision["step"] == "50%" and rb.ship_decision["analysis_run_id"]
+    gates = {
+        g.gate
+        for g in rb.evaluations.filter(step_index=1, outcome="approval").first().gates.all()
+        if g.outcome == "pass"
+    }
+    assert {"srm", "guardrail", "primary", "latency_slo", "ship_decision", "min_units"} <= gates
+    services.runbook_approve(
+        runbook=rb, actor=users["approver"], reason="neutral", now=T0 + 2 * DAY + 2 * HOUR
+    )
+    services.ramps_advance_due(now=T0 + 2 * DAY + 3 * HOUR)
+    rb.refresh_from_db()
+    assert rb.current_step == 2
+    synthesize_day(surface=pages, day=(T0 + 3 * DAY).date(), units=500)  # bake: served by unified
+    services.ramps_advance_due(now=T0 + 3 * DAY + 4 * HOUR)
+    rb.refresh_from_db()
+    assert (
+        rb.status == "waiting_approval" and rb.approvals.filter(kind="promotion", status="pending").exists()
+    )
+    services.runbook_approve(runbook=rb, actor=users["approver"], reason="baked", now=T0 + 3 * DAY + 5 * HOUR)
+    services.ramps_advance_due(now=T0 + 3 * DAY + 6 * HOUR)
+    rb.refresh_from_db()
+    pages.refresh_from_db()
+    assert rb.status == "promoted", rb.status_reason
+    assert pages.production_stack == seeded["unified"]
+    # The experiments app froze the readout as a ship Decision on the run that recommended ship.
+    from experiments.models import Decision
+
+    decision = Decision.objects.get(pk=rb.final_readout["decision"])
+    assert decision.verdict == "ship" and decision.analysis_id == rb.ship_decision["analysis_run_id"]
+    assert rb.final_readout["analysis"]["decision"]["verdict"] == "ship"
+    assert {p["stack"] for p in allocation_current(surface=pages).populations} == {"unified-mtl@1"}
+
+
+def test_groups_real_guardrail_regression_rolls_back_in_the_tick_that_sees_it(seeded, users):
+    groups = seeded["groups"]
+    rb = services.runbook_create(
+        surface=groups, target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=STEPS
+    )
+    services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=T0)
+    services.ramps_advance_due(now=T0 + DAY)
+    # The unified stack shows 60% more hides on groups: a guardrail regression.
+    synthesize_day(surface=groups, day=(T0 + DAY).date(), units=3000, treatment_effects={"hides": 1.6})
+    young = T0 + DAY + 2 * HOUR  # well before the step's minimum duration
+    outcomes = services.ramps_advance_due(now=young)
+    rb.refresh_from_db()
+    assert [o.outcome for o in outcomes] == ["rollback"]
+    assert rb.status == "rolled_back" and "hide_report_rate" in rb.status_reason
+    breach = rb.evaluations.first().gates.filter(outcome="rollback")
+    assert breach.filter(subject="hide_report_rate/pooled").exists()
+    assert allocation_current(surface=groups).treatment_bp == 0
+    assert AuditEvent.objects.filter(verb="runbook.rollback", target_id=str(rb.pk), created_at=young).exists()
+    seeded["content_first"].refresh_from_db()
+    assert seeded["content_first"].status == RankingStack.Status.ACTIVE
+    assert Runbook.objects.get(pk=rb.pk).finished_at == young
