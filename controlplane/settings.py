@@ -238,6 +238,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute="*"),
         "options": {"expires": 50},
     },
+    "serving-shadow-parity-aggregate": {
+        "task": "controlplane.serving.tasks.shadow_parity_aggregate_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 50},
+    },
 }
 
 LOGGING = {
