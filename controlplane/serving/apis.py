@@ -80,7 +80,7 @@ class SurfaceRankApi(APIView):
     class InputSerializer(serializers.Serializer):
         # Not trimmed or coerced here: the assignment library decides what a well-formed unit id is.
         unit_id = serializers.CharField(trim_whitespace=False, allow_blank=True)
-        context = serializers.JSONField(required=False, default=dict)
+        context = serializers.JSONField(required=False, default=dict)  # type: ignore[assignment]
         num_items = serializers.IntegerField(required=False, default=50)
 
     @extend_schema(
@@ -164,6 +164,7 @@ BatchOutput = inline_serializer(
 
 def _ingest_response(result: ingestion.IngestResult) -> Response:
     body = result.to_dict()
+    code: int
     if result.replayed:
         code = status.HTTP_200_OK
     elif result.batch.status == IngestBatch.Status.REJECTED:
@@ -318,9 +319,10 @@ def _query_datetime(request: Request, name: str) -> dt.datetime | None:
     raw = request.query_params.get(name)
     if not raw:
         return None
-    value = parse_datetime(raw) or (
-        dt.datetime.combine(parse_date(raw), dt.time(), tzinfo=dt.UTC) if parse_date(raw) else None
-    )
+    value = parse_datetime(raw)
+    if value is None:
+        day = parse_date(raw)
+        value = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) if day else None
     if value is None:
         raise ApplicationError(f"{name} must be an ISO 8601 date or timestamp", field=name)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

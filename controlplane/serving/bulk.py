@@ -19,7 +19,7 @@ def insert_objects(model: type[models.Model], objs: Sequence[models.Model]) -> i
     if not objs:
         return 0
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    columns = [f.column for f in fields]
+    columns = [str(f.column) for f in fields]
     attnames = [f.attname for f in fields]
     rows = [tuple(getattr(obj, name) for name in attnames) for obj in objs]
     return insert_rows(model._meta.db_table, columns, rows)

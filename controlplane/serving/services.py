@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -253,10 +253,14 @@ def rank_request(
             "live_ms": stack_ms,
             "requested_at": now.isoformat(),
         }
+
+        def send() -> None:
+            shadow_enqueue(payload=payload)
+
         if defer is not None:
-            defer(lambda: shadow_enqueue(payload=payload))
+            defer(send)
         else:
-            transaction.on_commit(lambda: shadow_enqueue(payload=payload))
+            transaction.on_commit(send)
 
     router_ms = (time.perf_counter() - started) * 1e3 - stack_wall
     latency = LatencySample(
@@ -487,7 +491,7 @@ def simulate_traffic(
     by_stack: dict[str, list[int]] = {}
     for i, (_, response) in enumerate(responses):
         by_stack.setdefault(response["stack"], []).append(i)
-    per_unit: dict[str, Counter[str]] = {}
+    per_unit: dict[str, defaultdict[str, float]] = {}
     impression_rows: list[ServedImpression] = []
     for label, indexes in by_stack.items():
         width = max(len(responses[i][1]["items"]) for i in indexes)
@@ -505,7 +509,7 @@ def simulate_traffic(
         for row, i in enumerate(indexes):
             user, response = responses[i]
             unit = unit_for_user(user)
-            totals = per_unit.setdefault(unit, Counter())
+            totals = per_unit.setdefault(unit, defaultdict(float))
             totals["requests"] += 1
             if outcome.errors[row]:
                 totals["errors"] += 1
@@ -549,7 +553,7 @@ def simulate_traffic(
             for metric, values in columns.items():
                 sums = np.bincount(inverse, weights=np.asarray(values, dtype=float), minlength=len(codes))
                 for unit, total in zip(codes, sums, strict=True):
-                    per_unit.setdefault(str(unit), Counter())[metric] += float(total)
+                    per_unit.setdefault(str(unit), defaultdict(float))[metric] += float(total)
 
     insert_objects(ServedImpression, impression_rows)
     batch = None
