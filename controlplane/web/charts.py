@@ -51,10 +51,10 @@ def render(fig: Any, *, div_id: str, height: int = 320) -> SafeString:
     """A figure as an HTML fragment that expects plotly.js already on the page."""
     fig.update_layout(
         height=height,
-        margin={"l": 56, "r": 16, "t": 36, "b": 40},
+        margin={"l": 56, "r": 16, "t": 64 if fig.layout.title.text else 36, "b": 40},
         template="plotly_white",
         font={"family": "system-ui, sans-serif", "size": 12},
-        legend={"orientation": "h", "y": 1.12, "x": 0},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
     )
     html = fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=PLOT_CONFIG)
     # Safe: plotly escapes <, > and / inside the figure JSON, and user text is escaped below.
@@ -67,7 +67,7 @@ def share_timeline(
     events: Iterable[TimelineEvent] = (),
     now: dt.datetime,
     div_id: str,
-    title: str = "Traffic shares over time",
+    title: str = "",
 ) -> SafeString:
     """Step lines of treatment/shadow/holdout shares per allocation version, events as markers.
 
@@ -133,7 +133,8 @@ def share_timeline(
                     hovertemplate="%{text}<br>%{x|%Y-%m-%d %H:%M} UTC<extra></extra>",
                 )
             )
-    fig.update_layout(title={"text": title, "x": 0, "font": {"size": 14}})
+    if title:  # pages usually give the chart an HTML heading instead (readable, navigable)
+        fig.update_layout(title={"text": escape(title), "x": 0, "font": {"size": 14}})
     fig.update_yaxes(title="%", rangemode="tozero", range=[0, 105])
     fig.update_xaxes(title=None)
     return render(fig, div_id=div_id)

@@ -116,7 +116,6 @@ def surface_detail(request: HttpRequest, surface_key: str) -> HttpResponse:
         "holdout_pct": (current.holdout_bp / 100) if current else 0,
         "expected_version": current.version if current else None,
     }
-    status = 200
     if request.method == "POST":
         require_role(request, OPERATOR)  # the server decides, whatever the page showed
         form = AllocationChangeForm(request.POST, stacks=_stack_choices())
@@ -146,7 +145,6 @@ def surface_detail(request: HttpRequest, surface_key: str) -> HttpResponse:
                 else:
                     messages.success(request, f"Published allocation v{allocation.version} of {surface.key}.")
                 return redirect("web-surface-detail", surface_key=surface.key)
-        status = 400
     elif can_operate:
         form = AllocationChangeForm(initial=initial, stacks=_stack_choices())
     now = timezone.now()
@@ -162,10 +160,10 @@ def surface_detail(request: HttpRequest, surface_key: str) -> HttpResponse:
             events=surface_timeline_events(surface),
             now=now,
             div_id=f"timeline-{surface.key}",
-            title=f"{surface.name}: traffic shares by allocation version",
         ),
     }
-    return render(request, "web/surface_detail.html", context, status=status)
+    # An invalid form re-renders with 200 (Django's convention; a 4xx document is a console error).
+    return render(request, "web/surface_detail.html", context)
 
 
 @viewer_required
@@ -173,12 +171,8 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     """The audit log, filtered by actor, surface, verb (prefix) and UTC dates; 50 a page."""
     form = AuditFilterForm(request.GET or None, choices=web_selectors.audit_filter_choices())
     filters: dict[str, Any] = {"actor": None, "surface": None, "verb": None, "since": None, "until": None}
-    status = 200
-    if form.is_bound:
-        if form.is_valid():
-            filters.update({k: v for k, v in form.cleaned_data.items() if v})
-        else:
-            status = 400
+    if form.is_bound and form.is_valid():
+        filters.update({k: v for k, v in form.cleaned_data.items() if v})
     events = web_selectors.audit_page_events(**filters)
     page = Paginator(events, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
     query = urlencode({k: v for k, v in request.GET.items() if k != "page" and v})
@@ -186,5 +180,4 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         request,
         "web/audit.html",
         {"form": form, "page": page, "query": query, "filtered": any(filters.values())},
-        status=status,
     )
