@@ -226,28 +226,42 @@ def test_sweeper_killed_mid_transition_leaves_consistent_state(
 def test_pages_runbook_to_promotion_through_a_real_worker(
     postgres, celery_app_on_redis, celery_worker_process, seeded, users
 ):
-    """Every tick goes through Redis to a real `celery worker` process, on a simulated clock."""
+    """Every tick goes through Redis to a real `celery worker`, on a simulated clock; the worker runs
+    the experiments app's real analysis on the evidence this test writes, and the promotion needs a
+    second person's approval."""
+    from migrations_runbooks import services
     from migrations_runbooks.models import Runbook
     from migrations_runbooks.tasks import ramps_tick
+    from tests.runbooks.evidence import synthesize_day
+    from tests.runbooks.test_real_analysis import STEPS
 
-    [rb] = make_running(seeded, users["operator"], 1)
-    now = T0
-    steps_seen = []
-    while True:
+    pages = seeded["pages"]
+    rb = services.runbook_create(
+        surface=pages, target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=STEPS
+    )
+    services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=T0)
+    now, seen, evidence_days = T0, [], set()
+    while rb.status not in Runbook.TERMINAL:
         now += 12 * HOUR
-        result = ramps_tick.delay(now.isoformat()).get(timeout=60)
+        assert now < T0 + 10 * DAY, (seen, rb.status_reason)
+        if rb.current_step >= 1 and now.date() not in evidence_days:
+            # The day's traffic under whatever the allocation is now (50%, then 100%).
+            synthesize_day(surface=pages, day=now.date(), units=2000 if rb.current_step == 1 else 300)
+            evidence_days.add(now.date())
+        result = ramps_tick.delay(now.isoformat()).get(timeout=120)
         rb.refresh_from_db()
-        steps_seen.append(rb.current_step)
-        if rb.status != Runbook.Status.RUNNING:
-            break
-        assert now < T0 + 10 * DAY, steps_seen
+        seen.append((rb.current_step, rb.status))
+        if rb.status == Runbook.Status.WAITING_APPROVAL:
+            services.runbook_approve(runbook=rb, actor=users["approver"], reason="looks neutral", now=now)
     assert rb.status == "promoted", (rb.status, rb.status_reason, result)
-    assert sorted(set(steps_seen)) == [0, 1, 2, 3, 4, 5]
-    seeded["pages"].refresh_from_db()
-    assert seeded["pages"].production_stack == seeded["unified"]
+    assert seen[0][0] == 0 and {step for step, _ in seen} == {0, 1, 2}
+    assert rb.ship_decision["step"] == "50%"
+    pages.refresh_from_db()
+    assert pages.production_stack == seeded["unified"]
     assert "migrations_runbooks.tasks.ramps_tick" in celery_worker_process.log()
     promote = AuditEvent.objects.get(verb="runbook.promote", target_id=str(rb.pk))
     assert promote.actor_label == "system:beat" and promote.after["production_stack"] == "unified-mtl@1"
+    assert rb.final_readout["decision"], rb.final_readout.get("decision_error")
 
 
 @pytest.mark.postgres
