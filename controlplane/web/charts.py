@@ -138,3 +138,175 @@ def share_timeline(
     fig.update_yaxes(title="%", rangemode="tozero", range=[0, 105])
     fig.update_xaxes(title=None)
     return render(fig, div_id=div_id)
+
+
+def _step_labels(plan: dict[str, Any]) -> list[str]:
+    return [f"{row['index']}: {row['name']}" for row in plan["steps"]] + ["promoted"]
+
+
+def capacity_replicas(*, plan: dict[str, Any], stacks: Sequence[str], div_id: str) -> SafeString:
+    """Stacked bars: replicas each stack needs at each ramp step (and after promotion)."""
+    import plotly.graph_objects as go
+
+    x = ["baseline", *_step_labels(plan)]
+    palette = ["#7a7a7a", "#b26a00", "#2f6fb3", "#8e6bbf", "#2e7d32", "#c62828"]
+    fig = go.Figure()
+    for i, label in enumerate(stacks):
+
+        def replicas(stack_rows: Sequence[dict[str, Any]], label: str = label) -> int:
+            row = next((s for s in stack_rows if s["stack"] == label), None)
+            return int(row["replicas"] or 0) if row else 0
+
+        ys = [replicas(plan["baseline"]["stacks"])]
+        ys += [replicas(row["plan"]["stacks"]) for row in plan["steps"]]
+        ys += [replicas(plan["promoted"]["plan"]["stacks"])]
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=ys,
+                name=escape(label),
+                marker_color=palette[i % len(palette)],
+                hovertemplate="%{x}<br>" + escape(label) + ": %{y} replicas<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="stack")
+    fig.update_yaxes(title="replicas", rangemode="tozero")
+    return render(fig, div_id=div_id)
+
+
+def capacity_savings(*, plan: dict[str, Any], div_id: str) -> SafeString:
+    """Cost per hour of the surface's fleet along the plan, against the legacy baseline."""
+    import plotly.graph_objects as go
+
+    x = _step_labels(plan)
+    savings = [row["savings"] for row in plan["steps"]] + [plan["promoted"]["savings"]]
+    baseline = savings[0]["baseline_cost_per_hour"] if savings else 0.0
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[s["cost_per_hour"] for s in savings],
+            name="Fleet cost $/h",
+            mode="lines+markers",
+            line={"color": COLORS["treatment"], "width": 2.5},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=[baseline] * len(x),
+            name="Legacy baseline $/h",
+            mode="lines",
+            line={"color": COLORS["holdout"], "dash": "dash"},
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=[s["cost_saved_per_hour"] for s in savings],
+            name="Saved $/h (negative = extra)",
+            marker_color=[
+                COLORS["good"] if s["cost_saved_per_hour"] >= 0 else COLORS["bad"] for s in savings
+            ],
+            opacity=0.55,
+        )
+    )
+    fig.update_yaxes(title="$ per hour")
+    return render(fig, div_id=div_id)
+
+
+def parity_over_time(*, rows: Sequence[dict[str, Any]], div_id: str) -> SafeString:
+    """Daily overlap@10, overlap@50, RBO and Kendall τ of shadow against live (one line per stack)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    metrics = (
+        ("overlap_10", "overlap@10", "solid"),
+        ("overlap_50", "overlap@50", "dot"),
+        ("rbo", "RBO", "dash"),
+        ("kendall_tau", "Kendall τ", "dashdot"),
+    )
+    palette = ["#2f6fb3", "#2e7d32", "#8e6bbf", "#b26a00"]
+    stacks = sorted({r["stack"] for r in rows})
+    for si, stack in enumerate(stacks):
+        mine = [r for r in rows if r["stack"] == stack]
+        for mi, (key, name, dash) in enumerate(metrics):
+            fig.add_trace(
+                go.Scatter(
+                    x=[r["day"] for r in mine],
+                    y=[r.get(key) for r in mine],
+                    name=f"{name}" + (f" · {escape(stack)}" if len(stacks) > 1 else ""),
+                    mode="lines+markers",
+                    line={
+                        "dash": dash if len(stacks) > 1 else "solid",
+                        "color": palette[(mi if len(stacks) == 1 else si) % 4],
+                    },
+                    customdata=[r.get("n") for r in mine],
+                    hovertemplate=name + " %{y:.3f}<br>%{x|%Y-%m-%d}, n=%{customdata}<extra></extra>",
+                )
+            )
+    fig.update_yaxes(title="agreement", range=[-0.05, 1.05])
+    fig.update_xaxes(type="date")
+    return render(fig, div_id=div_id)
+
+
+def latency_daily(*, rows: Sequence[dict[str, Any]], div_id: str, slo_ms: float | None = None) -> SafeString:
+    """Daily p50/p99 serving latency, shadow against live."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for key, name, color, dash in (
+        ("live_p50_ms", "live p50", COLORS["holdout"], "dot"),
+        ("live_p99_ms", "live p99", COLORS["holdout"], "solid"),
+        ("shadow_p50_ms", "shadow p50", COLORS["shadow"], "dot"),
+        ("shadow_p99_ms", "shadow p99", COLORS["shadow"], "solid"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=[r["day"] for r in rows],
+                y=[r.get(key) for r in rows],
+                name=name,
+                mode="lines+markers",
+                line={"color": color, "dash": dash},
+                hovertemplate=name + " %{y:.1f} ms<br>%{x|%Y-%m-%d}<extra></extra>",
+            )
+        )
+    if slo_ms:
+        fig.add_hline(
+            y=slo_ms, line_dash="dash", line_color=COLORS["bad"], annotation_text=f"SLO {slo_ms:g} ms"
+        )
+    fig.update_yaxes(title="ms", rangemode="tozero")
+    fig.update_xaxes(type="date")
+    return render(fig, div_id=div_id)
+
+
+def latency_distribution(
+    *, live_ms: Sequence[float], shadow_ms: Sequence[float], div_id: str, slo_ms: float | None = None
+) -> SafeString:
+    """Overlaid histograms of per-request latency of the live and the shadow stack (same requests)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for values, name, color in (
+        (live_ms, "live", COLORS["holdout"]),
+        (shadow_ms, "shadow", COLORS["shadow"]),
+    ):
+        fig.add_trace(
+            go.Histogram(
+                x=list(values),
+                name=f"{name} (n={len(values)})",
+                marker_color=color,
+                opacity=0.6,
+                nbinsx=60,
+                histnorm="probability",
+                hovertemplate=name + " %{x} ms: %{y:.1%}<extra></extra>",
+            )
+        )
+    if slo_ms:
+        fig.add_vline(
+            x=slo_ms, line_dash="dash", line_color=COLORS["bad"], annotation_text=f"SLO {slo_ms:g} ms"
+        )
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="ms per request")
+    fig.update_yaxes(title="share of requests", tickformat=".0%")
+    return render(fig, div_id=div_id)

@@ -129,3 +129,71 @@ def audit_page_events(
     return selectors.audit_list(
         actor=actor or None, surface=surface or None, verb=verb or None, since=since_dt, until=until_dt
     ).select_related("actor")
+
+
+ROLLBACK_ATTENTION_DAYS = 7
+
+
+def attention_items(*, now: dt.datetime) -> list[dict[str, Any]]:
+    """What needs a PM: approvals waiting, runbooks held by a gate (with the reason), recent rollbacks.
+
+    Order: approvals first (someone is blocked on a person), then holds, then rollbacks of the
+    last week (newest first).
+    """
+    from django.urls import reverse
+
+    from migrations_runbooks import selectors as rb_selectors
+    from migrations_runbooks.models import Approval, Runbook
+
+    items: list[dict[str, Any]] = []
+    live = rb_selectors.runbook_list(status=",".join(Runbook.ACTIVE))
+    pending = {
+        a.runbook_id: a for a in Approval.objects.filter(status=Approval.Status.PENDING, runbook__in=live)
+    }
+    for rb in live:
+        url = reverse("web-runbook-detail", args=[rb.pk])
+        approval = pending.get(rb.pk)
+        if approval is not None:
+            target = (
+                "promotion" if approval.kind == Approval.Kind.PROMOTION else f"step {approval.step_index}"
+            )
+            items.append(
+                {
+                    "kind": "approval",
+                    "kind_label": "approval",
+                    "title": f"{rb.surface.key}: approve {target} of “{rb.name}”",
+                    "reason": approval.request_reason,
+                    "url": url,
+                    "at": approval.requested_at,
+                    "order": 0,
+                }
+            )
+        elif rb.status == Runbook.Status.HELD:
+            items.append(
+                {
+                    "kind": "hold",
+                    "kind_label": "held",
+                    "title": f"{rb.surface.key}: “{rb.name}” is held",
+                    "reason": rb.status_reason,
+                    "url": url,
+                    "at": rb.updated_at,
+                    "order": 1,
+                }
+            )
+    recent = rb_selectors.runbook_list(status=Runbook.Status.ROLLED_BACK).filter(
+        finished_at__gte=now - dt.timedelta(days=ROLLBACK_ATTENTION_DAYS)
+    )
+    for rb in recent:
+        items.append(
+            {
+                "kind": "rollback",
+                "kind_label": "rolled back",
+                "title": f"{rb.surface.key}: “{rb.name}” rolled back",
+                "reason": rb.status_reason,
+                "url": reverse("web-runbook-detail", args=[rb.pk]),
+                "at": rb.finished_at,
+                "order": 2,
+            }
+        )
+    items.sort(key=lambda i: (i["order"], -(i["at"].timestamp() if i["at"] else 0)))
+    return items

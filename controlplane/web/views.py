@@ -49,8 +49,20 @@ def event_tone(verb: str) -> str:
 @viewer_required
 def home(request: HttpRequest) -> HttpResponse:
     """Where every surface is, what needs attention, and how far the program has come."""
+    from migrations_runbooks import selectors as rb_selectors
+
+    now = timezone.now()
     data = web_selectors.overview()
-    return render(request, "web/overview.html", {"overview": data, "progress": data.progress})
+    return render(
+        request,
+        "web/overview.html",
+        {
+            "overview": data,
+            "progress": data.progress,
+            "attention": web_selectors.attention_items(now=now),
+            "program": rb_selectors.program_progress(now=now),
+        },
+    )
 
 
 @viewer_required

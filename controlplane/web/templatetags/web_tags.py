@@ -79,3 +79,27 @@ def plotly_script() -> SafeString:
     from controlplane.web.assets import plotly_version
 
     return format_html('<script src="{}"></script>', reverse("web-plotly-js", args=[plotly_version()]))
+
+
+@register.filter
+def duration(seconds: Any) -> str:
+    """Seconds → "2 d 3 h", "4 h 5 min", "12 min", "40 s"."""
+    if seconds is None or seconds == "":
+        return "–"
+    s = int(float(seconds))
+    days, rest = divmod(s, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{secs} s"
+
+
+@register.filter
+def hours(seconds: Any) -> str:
+    """Seconds → hours or days, for step durations."""
+    return duration(seconds)
