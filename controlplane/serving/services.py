@@ -26,11 +26,11 @@ from django.utils import timezone
 from controlplane.assignment import AssignmentError, bucket
 from controlplane.errors import ApplicationError
 from controlplane.models import RankingStack, Surface
-from controlplane.serving.bulk import insert_objects
+from controlplane.serving.bulk import insert_rows
 from controlplane.serving.counterfactual import explore_top_k
 from controlplane.serving.models import LatencySample, ServedImpression, ShadowComparison, ShadowParityDaily
 from controlplane.serving.parity import ranking_parity
-from controlplane.serving.routing import deferred_logging, log_buffer, route_cache
+from controlplane.serving.routing import IMPRESSION_COLUMNS, deferred_logging, log_buffer, route_cache
 from controlplane.serving.stacks import StackUnavailable, setting, stack_registry, unit_for_user, world_user
 
 logger = logging.getLogger(__name__)
@@ -146,19 +146,24 @@ def rank_request(
         counters["errors"] += 1
         assert failure is not None
         log_buffer.add(
-            latency=LatencySample(
-                surface_id=route.surface_id,
-                request_id=request_id,
-                unit_id=unit,
-                arm=assignment.arm,
-                population=assignment.population,
-                stack=assignment.stack,
-                salt=config.salt,
-                allocation_version=config.version,
-                ts=now,
-                ms=(time.perf_counter() - started) * 1e3,
-                status=LatencySample.Status.ERROR,
-                error=failure.message[:200],
+            latency=(
+                route.surface_id,
+                request_id,
+                unit,
+                assignment.arm,
+                assignment.population,
+                assignment.stack,
+                config.salt,
+                config.version,
+                now,
+                (time.perf_counter() - started) * 1e3,
+                None,
+                None,
+                LatencySample.Status.ERROR.value,
+                "",
+                failure.message[:200],
+                LatencySample.Source.ROUTER.value,
+                None,
             )
         )
         log_buffer.after_request()
@@ -214,23 +219,24 @@ def rank_request(
             allocation_version=config.version,
             first_exposed_at=now,
         )
-    impressions: list[ServedImpression] = []
+    impressions: list[tuple[Any, ...]] = []
     share = float(setting("SERVING_IMPRESSION_LOG_SHARE", 1.0))
     if log_impressions and share > 0 and (share >= 1 or bucket("impressions", request_id) < share * 10_000):
         depth = int(setting("SERVING_IMPRESSION_LOG_DEPTH", 50))
         impressions = [
-            ServedImpression(
-                surface_id=route.surface_id,
-                request_id=request_id,
-                unit_id=unit,
-                stack=served,
-                arm=assignment.arm,
-                post_id=item["post_id"],
-                position=item["position"],
-                score=item["score"],
-                propensity=item["propensity"],
-                explored=explored,
-                served_at=now,
+            (
+                route.surface_id,
+                request_id,
+                unit,
+                served,
+                assignment.arm,
+                item["post_id"],
+                item["position"],
+                item["score"],
+                item["propensity"],
+                explored,
+                None,
+                now,
             )
             for item in items[:depth]
         ]
@@ -263,23 +269,13 @@ def rank_request(
             transaction.on_commit(send)
 
     router_ms = (time.perf_counter() - started) * 1e3 - stack_wall
-    latency = LatencySample(
-        surface_id=route.surface_id,
-        request_id=request_id,
-        unit_id=unit,
-        arm=assignment.arm,
-        population=assignment.population,
-        stack=served,
-        salt=config.salt,
-        allocation_version=config.version,
-        ts=now,
-        ms=router_ms + stack_ms,
-        stack_ms=stack_ms,
-        router_ms=router_ms,
-        status=LatencySample.Status.FALLBACK if fallback else LatencySample.Status.OK,
-        fallback_from=fallback["from"] if fallback else "",
-        error=(fallback["detail"] or "")[:200] if fallback else "",
-    )
+    latency = (
+        route.surface_id, request_id, unit, assignment.arm, assignment.population, served, config.salt,
+        config.version, now, router_ms + stack_ms, stack_ms, router_ms,
+        (LatencySample.Status.FALLBACK if fallback else LatencySample.Status.OK).value,
+        fallback["from"] if fallback else "", (fallback["detail"] or "")[:200] if fallback else "",
+        LatencySample.Source.ROUTER.value, None,
+    )  # fmt: skip
     log_buffer.add(exposure=exposure, exposure_key=exposure_key, latency=latency, impressions=impressions)
     log_buffer.after_request()
     # Router overhead = everything but the stack: validation, assignment and logging.
@@ -492,7 +488,7 @@ def simulate_traffic(
     for i, (_, response) in enumerate(responses):
         by_stack.setdefault(response["stack"], []).append(i)
     per_unit: dict[str, defaultdict[str, float]] = {}
-    impression_rows: list[ServedImpression] = []
+    impression_rows: list[tuple[Any, ...]] = []
     for label, indexes in by_stack.items():
         width = max(len(responses[i][1]["items"]) for i in indexes)
         ranked = np.full((len(indexes), width), -1, dtype=np.int64)
@@ -517,19 +513,19 @@ def simulate_traffic(
                 totals["sessions"] += 1
             for item in response["items"][:impression_log_depth]:
                 impression_rows.append(
-                    ServedImpression(
-                        surface_id=surface_obj.pk,
-                        request_id=response["request_id"],
-                        unit_id=unit,
-                        stack=label,
-                        arm=response["arm"],
-                        post_id=item["post_id"],
-                        position=item["position"],
-                        score=item["score"],
-                        propensity=item["propensity"],
-                        explored=response["explored"],
-                        reward=shown_reward.get((row, item["position"]), 0.0),
-                        served_at=base,
+                    (
+                        surface_obj.pk,
+                        response["request_id"],
+                        unit,
+                        label,
+                        response["arm"],
+                        item["post_id"],
+                        item["position"],
+                        item["score"],
+                        item["propensity"],
+                        response["explored"],
+                        shown_reward.get((row, item["position"]), 0.0),
+                        base,
                     )
                 )
         if len(outcome):
@@ -555,7 +551,7 @@ def simulate_traffic(
                 for unit, total in zip(codes, sums, strict=True):
                     per_unit.setdefault(str(unit), defaultdict(float))[metric] += float(total)
 
-    insert_objects(ServedImpression, impression_rows)
+    insert_rows(ServedImpression._meta.db_table, IMPRESSION_COLUMNS, impression_rows)
     batch = None
     if ingest:
         metric_definitions_ensure()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 from controlplane.assignment import unit_key
 
@@ -57,20 +58,43 @@ class StackUnavailable(Exception):
         self.message = message
 
 
+_settings_cache: dict[tuple[str, Any], Any] = {}
+
+
 def setting(name: str, default: Any) -> Any:
-    """A serving knob: Django setting first, then the environment, then the default."""
+    """A serving knob: Django setting first, then the environment, then the default.
+
+    Cached per process (the router reads several per request); a changed Django setting — in
+    tests, ``override_settings`` or pytest-django's ``settings`` — clears the cache.
+    """
+    key = (name, default)
+    try:
+        return _settings_cache[key]
+    except KeyError:
+        pass
     if hasattr(settings, name):
-        return getattr(settings, name)
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if isinstance(default, bool):
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
+        value = getattr(settings, name)
+    else:
+        raw = os.environ.get(name)
+        if raw is None or raw == "":
+            value = default
+        elif isinstance(default, bool):
+            value = raw.strip().lower() in {"1", "true", "yes", "on"}
+        elif isinstance(default, int):
+            value = int(raw)
+        elif isinstance(default, float):
+            value = float(raw)
+        else:
+            value = raw
+    _settings_cache[key] = value
+    return value
+
+
+def _forget_settings(**kwargs: Any) -> None:
+    _settings_cache.clear()
+
+
+setting_changed.connect(_forget_settings, dispatch_uid="serving-settings-cache")
 
 
 def world_user(unit_id: str | int, n_users: int) -> int:
