@@ -90,13 +90,16 @@ def rank_request(
     log_impressions: bool = True,
     explore_rate: float | None = None,
     deadline: bool = True,
+    on_shadow: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Serve one ranking request through the router (see module docstring).
 
     Returns ``{request_id, surface, unit_id, arm, population, stack, allocation_version, items,
     fallback, shadowed, timings}``; ``fallback`` is ``None`` or ``{"from", "reason", "detail"}``.
     ``defer`` receives the shadow enqueue so an HTTP view can run it after the response is sent;
-    without it the enqueue runs on transaction commit (at once outside a transaction).
+    without it the enqueue runs on transaction commit (at once outside a transaction); ``on_shadow``
+    instead receives the shadow payload itself (simulation scores it inline with
+    :func:`shadow_compare`). ``deadline=False`` runs the stack in the calling thread without a timeout.
     Raises ``ApplicationError`` 404 (unknown surface), 400 (malformed unit id / num_items),
     413 (oversized context) and 503 (neither the assigned nor the fallback stack could serve).
     """
@@ -263,7 +266,9 @@ def rank_request(
         def send() -> None:
             shadow_enqueue(payload=payload)
 
-        if defer is not None:
+        if on_shadow is not None:
+            on_shadow(payload)
+        elif defer is not None:
             defer(send)
         else:
             transaction.on_commit(send)
@@ -439,6 +444,7 @@ def simulate_traffic(
     impression_log_depth: int = 10,
     actor: Any = "system:simulate",
     ingest: bool = True,
+    shadow: str = "inline",
 ) -> dict[str, Any]:
     """Drive one simulated day of traffic through the router and ingest its metric rows.
 
@@ -450,6 +456,8 @@ def simulate_traffic(
     per-unit-day metric rows (the standard keys of ``experiments.ingestion.STANDARD_METRICS``) are
     ingested as one idempotent batch per surface and day, and the impressions of each request are
     logged with their rewards (engaged = like, comment or share) for counterfactual evaluation.
+    Requests the allocation samples for shadowing are scored by the shadow stack ``inline`` (the
+    default: parity rows exist when the call returns, no worker needed) or ``enqueue``-d to Celery.
     """
     from experiments.ingestion import ingest_metric_rows, metric_definitions_ensure
 
@@ -469,6 +477,9 @@ def simulate_traffic(
     newcomer = _newcomer_authors(store)
 
     responses: list[tuple[int, dict[str, Any]]] = []
+    shadow_payloads: list[dict[str, Any]] = []
+    if shadow not in {"inline", "enqueue"}:
+        raise ApplicationError("shadow must be 'inline' or 'enqueue'", field="shadow")
     with registry.with_effects(effects_by_stack), deferred_logging(), route_cache.pinned():
         for index, (user, n) in enumerate(zip(user_list, sessions, strict=True)):
             for s in range(int(n)):
@@ -480,6 +491,7 @@ def simulate_traffic(
                     log_impressions=False,
                     explore_rate=explore_rate,
                     deadline=False,  # offline simulation: no thread hand-off per request
+                    on_shadow=shadow_payloads.append if shadow == "inline" else None,
                 )
                 responses.append((user, response))
 
@@ -568,6 +580,11 @@ def simulate_traffic(
             actor=actor,
             now=max(timezone.now(), base),
         ).to_dict()
+    # Shadow scoring of the sampled requests: inline (tests, demo without a worker) or via Celery.
+    for payload in shadow_payloads:
+        shadow_compare(payload=payload)
+    if shadow_payloads:
+        shadow_parity_aggregate(day=base.astimezone(dt.UTC).date())
     served = Counter(r["stack"] for _, r in responses)
     return {
         "surface": surface_key,

@@ -267,3 +267,24 @@ def test_copy_path_on_postgresql(postgres, known_units):
     assert result.batch.accepted == n and result.written == n
     assert MetricObservation.objects.filter(batch=result.batch).count() == n
     assert sum(MetricObservation.objects.values_list("value", flat=True)) == pytest.approx(n * (n - 1) / 2)
+
+
+@pytest.mark.sqlite_path
+def test_management_command_ingests_an_events_file(known_units, tmp_path):
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    ts = (NOW - dt.timedelta(hours=1)).isoformat()
+    path = tmp_path / "events.jsonl"
+    events = [{"unit_id": "u3", "ts": ts, "type": "share"}] * 3 + [
+        {"unit_id": "u3", "ts": ts, "type": "dwell", "value": 30.0},
+        {"unit_id": "u3", "ts": ts, "type": "unknown"},
+    ]
+    path.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    out = StringIO()
+    call_command("ingest_events", str(path), surface="pages", batch_id="ev-file", stdout=out)
+    assert "accepted 4" in out.getvalue() and "row 4 type" in out.getvalue()
+    got = dict(MetricObservation.objects.filter(unit_id="u3").values_list("metric", "value"))
+    assert got == {"shares": 3.0, "meaningful_interactions": 3.0, "engagements": 3.0, "time_spent": 30.0}

@@ -91,3 +91,24 @@ def test_effects_move_the_metrics_of_the_treated_stack(seeded, stacks, users):
         base.filter(metric="impressions").values_list("value", flat=True)
     )
     assert hides / impressions > 2.5 * base_rate
+
+
+def test_simulated_shadow_traffic_leaves_parity_rows(seeded, stacks, users):
+    from controlplane.serving.models import ShadowComparison
+    from controlplane.serving.selectors import shadow_parity_daily
+    from controlplane.serving.services import simulate_traffic
+
+    registry_services.allocation_change(
+        surface=seeded["groups"],
+        actor="system:test",
+        reason="shadow",
+        shadow_stack=seeded["unified"],
+        shadow_bp=5000,
+    )
+    summary = simulate_traffic(surface="groups", users=120, day=DAY)
+    assert 0 < summary["shadowed"] < summary["requests"]
+    assert ShadowComparison.objects.filter(status="ok").count() == summary["shadowed"]
+    daily = shadow_parity_daily(surface="groups", stack="unified-mtl@1")
+    assert len(daily) == 1 and daily[0]["day"] == DAY and daily[0]["n"] == summary["shadowed"]
+    # Different stacks, different lists: partial agreement, strictly between the extremes.
+    assert 0 < daily[0]["rbo"] < 1 and 0 < daily[0]["overlap_50"] < 1
