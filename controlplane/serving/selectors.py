@@ -34,7 +34,7 @@ def _surface_of(surface: Surface | str) -> Surface:
 
 
 def shadow_parity_daily(
-    *, surface: Surface | str, stack: str | None = None, since: dt.date | None = None
+    *, surface: Surface | str, stack: Any = None, since: dt.date | None = None
 ) -> list[dict[str, Any]]:
     """Per-day shadow parity of a surface (optionally one shadow stack label), oldest first.
 
@@ -44,7 +44,8 @@ def shadow_parity_daily(
     """
     qs = ShadowParityDaily.objects.filter(surface=_surface_of(surface))
     if stack:
-        qs = qs.filter(shadow_stack=stack)
+        # A RankingStack or its label.
+        qs = qs.filter(shadow_stack=getattr(stack, "label", stack))
     if since:
         qs = qs.filter(day__gte=since)
     out = []

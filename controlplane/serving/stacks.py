@@ -3,16 +3,15 @@
 Each web or worker process loads the three stacks of one simulated world once, lazily, on the
 first request that needs one. Where they come from:
 
-1. a trained-artifact bundle in ``RANKERS_ARTIFACTS_DIR`` for the configured world (written by an
-   earlier process, keyed by world, seed and a fingerprint of the engine's source, so a changed
-   engine never loads stale models); otherwise
-2. ``rankers.engine.training.train_all`` on ``World.build(WorldConfig.named(RANKERS_WORLD))``
-   (seconds for ``small``), whose result is then written as that bundle for the next process.
-
-A file lock makes concurrent processes (gunicorn workers, a Celery worker) train once.
+``rankers.engine.build_stack(kind, world, artifacts_dir=RANKERS_ARTIFACTS_DIR)`` for the world
+``World.build(WorldConfig.named(RANKERS_WORLD, seed=RANKERS_WORLD_SEED))``: trained artifacts
+(``python -m rankers.engine.train --world small --out $RANKERS_ARTIFACTS_DIR``; sha256 and world
+config verified) are loaded when present; otherwise the stacks are trained in process (seconds for
+``small``) and saved there for the next process. Unusable artifacts are logged and trained around,
+never served. A file lock makes concurrent processes (gunicorn workers, a Celery worker) train once.
 
 Settings / environment: ``RANKERS_WORLD`` (``small`` | ``default``, default ``small``),
-``RANKERS_WORLD_SEED`` (7), ``RANKERS_ARTIFACTS_DIR`` (``$CONTROLPLANE_VAR_DIR/rankers``),
+``RANKERS_WORLD_SEED`` (7), ``RANKERS_ARTIFACTS_DIR`` (``<repo>/artifacts``),
 ``SERVING_TORCH_THREADS`` (1: one intra-op thread per request thread keeps p99 flat when
 several workers share the cores), ``SERVING_FAULTS`` (JSON ``{label: {"error": msg} |
 {"delay_ms": n}}``, fault injection for drills and tests).
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +44,7 @@ from controlplane.assignment import unit_key
 logger = logging.getLogger(__name__)
 
 _UNIT = re.compile(r"^u?([0-9]{1,18})$")
+STACK_KINDS = ("content_first", "interest_first", "unified_mtl")
 
 
 class StackUnavailable(Exception):
@@ -114,16 +113,6 @@ def unit_for_user(user: int) -> str:
     return f"u{int(user)}"
 
 
-def _engine_fingerprint() -> str:
-    import rankers.engine
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(rankers.engine.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 @dataclass
 class _Bundle:
     world: Any
@@ -181,45 +170,34 @@ class StackRegistry:
         return self.bundle().world
 
     def _artifacts_dir(self) -> Path:
-        default = Path(getattr(settings, "VAR_DIR", Path("var"))) / "rankers"
+        default = Path(getattr(settings, "BASE_DIR", Path("."))) / "artifacts"
         return Path(setting("RANKERS_ARTIFACTS_DIR", str(default)))
 
     def _load(self) -> _Bundle:
         import torch
 
         torch.set_num_threads(int(setting("SERVING_TORCH_THREADS", 1)))
-        from rankers.engine.training import train_all
-        from rankers.engine.world import World, WorldConfig
+        from rankers.engine import World, WorldConfig, build_stack
 
         seed = int(setting("RANKERS_WORLD_SEED", 7))
         directory = self._artifacts_dir()
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"serving-{self.world_name}-s{seed}-{_engine_fingerprint()}.pt"
+        started = time.perf_counter()
+        world = World.build(WorldConfig.named(self.world_name, seed=seed))
         with (directory / ".serving-build.lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains; the others wait, then load
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process trains and saves; the others wait, then load
             try:
-                if path.exists():
-                    try:
-                        data = torch.load(path, weights_only=False)
-                        logger.info("serving stacks loaded from %s", path)
-                        return _Bundle(data["world"], data["stacks"])
-                    except Exception:  # a corrupt bundle is rebuilt, never served
-                        logger.exception("could not load %s; retraining", path)
-                started = time.perf_counter()
-                world = World.build(WorldConfig.named(self.world_name, seed=seed))
-                trained = train_all(world)
-                stacks = {
-                    kind: trained.stack(kind) for kind in ("content_first", "interest_first", "unified_mtl")
-                }
-                tmp = path.with_suffix(".tmp")
-                torch.save({"world": world, "stacks": stacks}, tmp)
-                os.replace(tmp, path)
-                logger.info(
-                    "serving stacks trained in %.1f s and saved to %s", time.perf_counter() - started, path
-                )
-                return _Bundle(world, stacks)
+                try:
+                    stacks = {kind: build_stack(kind, world, artifacts_dir=directory) for kind in STACK_KINDS}
+                except Exception:  # stale or corrupt artifacts are never served: train in process instead
+                    logger.exception("artifacts in %s are unusable; training in process", directory)
+                    stacks = {kind: build_stack(kind, world) for kind in STACK_KINDS}
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        logger.info(
+            "serving stacks for world %s ready in %.1f s", self.world_name, time.perf_counter() - started
+        )
+        return _Bundle(world, stacks)
 
     # -- stacks -----------------------------------------------------------------------------------
     def get(self, label: str, kind: str) -> Any:
