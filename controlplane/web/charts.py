@@ -135,7 +135,9 @@ def share_timeline(
             )
     if title:  # pages usually give the chart an HTML heading instead (readable, navigable)
         fig.update_layout(title={"text": escape(title), "x": 0, "font": {"size": 14}})
-    fig.update_yaxes(title="%", rangemode="tozero", range=[0, 105])
+    # Early steps are 1–5 %: a fixed 0–100 axis would flatten them, so scale to the largest share.
+    peak = max([0.0, *(max(s.treatment_pct, s.shadow_pct, s.holdout_pct) for s in samples)])
+    fig.update_yaxes(title="%", range=[0, min(105.0, max(10.0, peak * 1.2))])
     fig.update_xaxes(title=None)
     return render(fig, div_id=div_id)
 

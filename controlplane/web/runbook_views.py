@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -236,7 +237,7 @@ def _state_token(detail: dict[str, Any]) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def runbook_timeline(runbook: Runbook, *, now: dt.datetime) -> Any:
+def runbook_timeline(runbook: Runbook, *, now: dt.datetime, suffix: str = "") -> Any:
     """Shares of the surface over time since the runbook was created, with its events marked."""
     history = list(core_selectors.allocation_history(surface=runbook.surface).order_by("version"))
     since = runbook.created_at
@@ -265,7 +266,7 @@ def runbook_timeline(runbook: Runbook, *, now: dt.datetime) -> Any:
     ]
     end = runbook.finished_at or now
     return charts.share_timeline(
-        samples=samples, events=markers, now=end, div_id=f"runbook-timeline-{runbook.pk}"
+        samples=samples, events=markers, now=end, div_id=f"runbook-timeline-{runbook.pk}{suffix}"
     )
 
 
@@ -339,7 +340,12 @@ def runbook_detail(request: HttpRequest, runbook_id: int) -> HttpResponse:
     context = _detail_context(request, runbook, now)
     if getattr(request, "htmx", False):  # django_htmx.middleware.HtmxMiddleware sets it
         if request.GET.get("part") == "timeline":
-            return HttpResponse(runbook_timeline(runbook, now=now))
+            # A fresh div id: htmx "settles" attributes of elements whose id survives a swap, which
+            # would strip the classes plotly adds while drawing (and with them its CSS).
+            return HttpResponse(runbook_timeline(runbook, now=now, suffix=f"-{time.time_ns()}"))
+        if request.GET.get("part") == "history":
+            context["evaluations"] = rb_selectors.evaluation_list(runbook=runbook, limit=15)
+            return render(request, "web/partials/runbook_history.html", context)
         response = render(request, "web/partials/runbook_status.html", context)
         if request.GET.get("state") and request.GET["state"] != context["state"]:
             response["HX-Trigger"] = "runbook-changed"

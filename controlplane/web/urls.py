@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from controlplane.web import assets, runbook_views, views
+from controlplane.web import assets, experiment_views, runbook_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -13,5 +13,7 @@ urlpatterns = [
     path("runbooks/<int:runbook_id>/", runbook_views.runbook_detail, name="web-runbook-detail"),
     path("runbooks/<int:runbook_id>/capacity/", runbook_views.runbook_capacity, name="web-runbook-capacity"),
     path("runbooks/<int:runbook_id>/<slug:action>/", runbook_views.runbook_action, name="web-runbook-action"),
+    path("experiments/", experiment_views.experiment_list, name="web-experiments"),
+    path("shadow/", experiment_views.shadow_parity, name="web-shadow-parity"),
     path("assets/plotly-<str:plotly_ver>.min.js", assets.plotly_js, name="web-plotly-js"),
 ]

@@ -19,6 +19,11 @@ import pytest
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
+from playwright.sync_api import expect
+
+# The machines running CI and the demo are shared: give server round trips room before failing.
+expect.set_options(timeout=10_000)
+
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT_DIR = Path(os.environ.get("SCREENSHOT_DIR") or ROOT / "test-artifacts" / "screenshots")
 CHROMIUM_ARGS = [

@@ -179,7 +179,12 @@ def test_status_partial_for_htmx_with_gates_and_change_trigger(seeded, users, cl
     assert partial["HX-Trigger"] == "runbook-changed"
     assert "Approval needed" in partial.content.decode()
     timeline = operator.get(url, {"part": "timeline"}, HTTP_HX_REQUEST="true").content.decode()
-    assert f'id="runbook-timeline-{rb.pk}"' in timeline and "Plotly.newPlot" in timeline
+    assert re.search(rf'id="runbook-timeline-{rb.pk}-\d+"', timeline) and "Plotly.newPlot" in timeline
+    history = operator.get(url, {"part": "history"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "<html" not in history and 'aria-current="step"' in history
+    assert re.search(
+        r"<tr><td>[0-9-]+ [0-9:]+</td><td>0</td><td><span class=\"badge badge-approval\">", history
+    )
 
 
 def test_create_form_shows_service_errors_next_to_the_field(seeded, users, client_for):

@@ -103,3 +103,16 @@ def duration(seconds: Any) -> str:
 def hours(seconds: Any) -> str:
     """Seconds → hours or days, for step durations."""
     return duration(seconds)
+
+
+@register.filter
+def as_datetime(value: Any) -> Any:
+    """A datetime, or an ISO-8601 string from a JSON snapshot, as a datetime (else unchanged)."""
+    import datetime as dt
+
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
