@@ -17,6 +17,7 @@ not stop the rollout"). The pure evaluation (:func:`evaluate`) takes plain dicts
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
@@ -669,17 +670,70 @@ def experiment_freeze(
     return {"decision": decision.pk, "decision_error": ""}
 
 
+def analysis_max_age_s() -> float:
+    """How old a stored analysis may be and still count as fresh (``RUNBOOKS_ANALYSIS_MAX_AGE_S``).
+
+    The sweeper runs every minute but evidence lands per unit-day; re-analysing every ramp every
+    minute buys nothing, and it is what keeps one tick over 100 ramps within 2 s (bench/ramps.py).
+    Default 300 s: a breach is acted on at most ~6 minutes after its evidence lands. 0 = analyse
+    on every evaluation.
+    """
+    from django.conf import settings
+
+    return float(getattr(settings, "RUNBOOKS_ANALYSIS_MAX_AGE_S", 300))
+
+
+#: Latest analysis run per experiment key, read once per sweep by services.ramps_advance_due
+#: (a context variable: two sweepers in two threads never see each other's).
+latest_runs: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("latest_runs", default={})  # noqa: B039
+
+
+def latest_analysis_runs(keys: Sequence[str]) -> dict[str, Any]:
+    """The newest AnalysisRun of each experiment key, in one query."""
+    try:
+        from experiments.models import AnalysisRun  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    from django.db.models import OuterRef, Subquery
+
+    newest = AnalysisRun.objects.filter(experiment_id=OuterRef("experiment_id")).order_by(
+        "-created_at", "-id"
+    )
+    runs = (
+        AnalysisRun.objects.filter(
+            experiment__key__in=[k for k in keys if k], pk=Subquery(newest.values("pk")[:1])
+        )
+        .select_related("experiment")
+        .only("id", "result", "created_at", "experiment__key")
+    )
+    return {run.experiment.key: run for run in runs}
+
+
 def fresh_analysis(*, runbook: Any, now: dt.datetime) -> tuple[dict[str, Any] | None, str]:
     """Run the experiment analysis now and return its result dict, or (None, why not).
+
+    A stored run younger than :func:`analysis_max_age_s` (and not from the future of a simulated
+    clock) is reused instead of recomputed.
 
     Runs inside a savepoint: an analysis that fails (bad data, a bug) is reported as a reason and
     holds the step instead of aborting the sweeper's transaction.
     """
     from django.db import transaction
 
+    if not runbook.experiment_key:
+        return None, "no experiment is attached to this runbook yet"
+    max_age = analysis_max_age_s()
+    if max_age > 0:
+        latest = latest_runs.get().get(runbook.experiment_key)
+        if latest is None:
+            latest = latest_analysis_runs([runbook.experiment_key]).get(runbook.experiment_key)
+        if latest is not None and isinstance(latest.result, dict):
+            age = (now - latest.created_at).total_seconds()
+            if 0 <= age <= max_age:
+                return {**latest.result, "analysis_run_id": latest.pk, "reused_age_s": age}, ""
     experiment = runbook.experiment
     if experiment is None:
-        return None, "no experiment is attached to this runbook yet"
+        return None, f"experiment {runbook.experiment_key} not found"
     try:
         from experiments.services import experiment_analyze  # type: ignore[attr-defined]
     except ImportError:

@@ -114,6 +114,12 @@ class Runbook(models.Model):
     # The experiment analysed while this runbook ramps (experiments.Experiment.key) and its salt.
     experiment_key = models.CharField(max_length=100, blank=True)
     salt = models.CharField(max_length=64, blank=True)
+    plan_version = models.PositiveIntegerField(default=1, help_text="Bumped by every edit of the steps")
+    last_evaluation = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The latest look at the gates (every tick; history rows only on change)",
+    )
     ship_decision = models.JSONField(
         null=True,
         blank=True,

@@ -115,6 +115,39 @@ def step_dict(rb: Runbook, step: RampStep) -> dict[str, Any]:
     }
 
 
+def _last_look(rb: Runbook) -> dict[str, Any] | None:
+    """The latest look at the current step's gates (refreshed every tick on the runbook row)."""
+    last = rb.last_evaluation
+    if not last or last.get("step_index") != rb.current_step or last.get("outcome") in ("start", "blocked"):
+        return None
+    return {
+        "id": last.get("evaluation_id") or 0,
+        "step_index": last["step_index"],
+        "evaluated_at": last["evaluated_at"],
+        "outcome": last["outcome"],
+        "reason": last.get("reason", ""),
+        "decision": last.get("decision", ""),
+        "analysis_computed_at": last.get("analysis_computed_at", ""),
+        "actor": last.get("actor", ""),
+        "gates": [
+            {
+                k: g.get(k)
+                for k in (
+                    "gate",
+                    "subject",
+                    "outcome",
+                    "passed",
+                    "value",
+                    "threshold",
+                    "comparator",
+                    "reason",
+                )
+            }
+            for g in last.get("gates", [])
+        ],
+    }
+
+
 def runbook_detail(*, runbook: Runbook, now: dt.datetime | None = None) -> dict[str, Any]:
     """Everything a PM needs on one runbook: where it is, what holds it (gate, value, threshold), next check."""
     from migrations_runbooks.services import dependency_status
@@ -176,7 +209,7 @@ def runbook_detail(*, runbook: Runbook, now: dt.datetime | None = None) -> dict[
         if rb.depends_on_id
         else None,
         "steps": [step_dict(rb, s) for s in steps],
-        "current_gates": evaluation_dict(gate_eval) if gate_eval else None,
+        "current_gates": _last_look(rb) or (evaluation_dict(gate_eval) if gate_eval else None),
         "holding_gates": holding,
         "latest_evaluation": evaluation_dict(latest) if latest else None,
         "open_approval": approval_dict(open_approval) if open_approval else None,

@@ -19,9 +19,11 @@ Every service takes ``now`` so a simulated clock can drive a whole runbook.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +143,9 @@ def _snapshot(rb: Runbook) -> dict[str, Any]:
 
 
 def _steps(rb: Runbook) -> list[RampStep]:
+    cache = _sweep.get()
+    if cache is not None and cache.plan_versions.get(rb.pk) == rb.plan_version and rb.pk in cache.steps:
+        return cache.steps.pop(rb.pk)  # read in bulk before the sweep; the plan has not changed since
     return list(rb.steps.order_by("index"))
 
 
@@ -476,7 +481,8 @@ def runbook_update_steps(
     if rb.pending_step is not None and rb.pending_step >= len(specs):
         rb.pending_step = None
     rb.updated_at = now
-    rb.save(update_fields=["pending_step", "updated_at"])
+    rb.plan_version += 1
+    rb.save(update_fields=["pending_step", "updated_at", "plan_version"])
     audit_record(
         actor=actor,
         verb="runbook.steps",
@@ -594,6 +600,13 @@ def _start(rb: Runbook, *, actor: Actor, reason: str, now: dt.datetime) -> Runbo
 
 
 # -- transitions -------------------------------------------------------------------------------------------
+def _note_allocation(rb: Runbook, allocation: Any) -> Any:
+    cache = _sweep.get()
+    if cache is not None:
+        cache.loads[rb.surface_id] = capacity.load_from_allocation(allocation, rb.surface.peak_qps)
+    return allocation
+
+
 def _allocation_for_step(rb: Runbook, step: RampStep, *, actor: Actor, reason: str, now: dt.datetime) -> Any:
     kwargs: dict[str, Any] = {
         "treatment_stack": rb.target_stack if step.treatment_bp else None,
@@ -607,13 +620,16 @@ def _allocation_for_step(rb: Runbook, step: RampStep, *, actor: Actor, reason: s
         rb.salt = f"{rb.surface.key}-rb{rb.pk}-{secrets.token_hex(3)}"
     if rb.salt:
         kwargs["salt"] = rb.salt
-    return core.allocation_change(
-        surface=rb.surface,
-        actor=actor,
-        reason=f"runbook {rb.pk} step {step.index} ({step.name}): {reason}",
-        verb="allocation.ramp",
-        now=now,
-        **kwargs,
+    return _note_allocation(
+        rb,
+        core.allocation_change(
+            surface=rb.surface,
+            actor=actor,
+            reason=f"runbook {rb.pk} step {step.index} ({step.name}): {reason}",
+            verb="allocation.ramp",
+            now=now,
+            **kwargs,
+        ),
     )
 
 
@@ -666,16 +682,19 @@ def _enter_step(
 
 
 def _reset_traffic(rb: Runbook, *, actor: Actor, reason: str, now: dt.datetime, verb: str) -> Any:
-    return core.allocation_change(
-        surface=rb.surface,
-        actor=actor,
-        reason=f"runbook {rb.pk}: {reason}",
-        treatment_stack=None,
-        treatment_bp=0,
-        shadow_stack=None,
-        shadow_bp=0,
-        verb=verb,
-        now=now,
+    return _note_allocation(
+        rb,
+        core.allocation_change(
+            surface=rb.surface,
+            actor=actor,
+            reason=f"runbook {rb.pk}: {reason}",
+            treatment_stack=None,
+            treatment_bp=0,
+            shadow_stack=None,
+            shadow_bp=0,
+            verb=verb,
+            now=now,
+        ),
     )
 
 
@@ -1013,10 +1032,36 @@ def runbook_reject(*, runbook: Runbook, actor: Actor, reason: str, now: dt.datet
 
 
 # -- gates -----------------------------------------------------------------------------------------------------
+class _SweepCache:
+    """Registry facts read once per sweep instead of once per ramp (prices, stack specs, loads).
+
+    A transition updates its surface's load in place, so later ramps in the same sweep see it.
+    """
+
+    def __init__(self, due: list[tuple[int, int]]) -> None:
+        self.plan_versions = dict(due)
+        self.prices = capacity.prices_current()
+        self.specs = capacity.stack_specs()
+        self.loads = capacity.current_loads()
+        self.steps: dict[int, list[RampStep]] = {}
+        for step in RampStep.objects.filter(runbook_id__in=self.plan_versions).order_by(
+            "runbook_id", "index"
+        ):
+            self.steps.setdefault(step.runbook_id, []).append(step)
+        self.runs: dict[str, Any] = {}
+        if gates.analysis_max_age_s() > 0:
+            keys = Runbook.objects.filter(pk__in=self.plan_versions).exclude(experiment_key="")
+            self.runs = gates.latest_analysis_runs(list(keys.values_list("experiment_key", flat=True)))
+
+
+_sweep: contextvars.ContextVar[_SweepCache | None] = contextvars.ContextVar("runbook_sweep", default=None)
+
+
 def _capacity_check(rb: Runbook, step: RampStep) -> capacity.CapacityCheck:
     """Fleet-wide plan with this surface at ``step`` and every other surface as it is now."""
-    prices = capacity.prices_current()
-    loads = capacity.current_loads()
+    cache = _sweep.get()
+    prices = cache.prices if cache else capacity.prices_current()
+    loads = dict(cache.loads) if cache else capacity.current_loads()
     current = loads.get(rb.surface_id)
     populations = (
         current.populations
@@ -1035,7 +1080,7 @@ def _capacity_check(rb: Runbook, step: RampStep) -> capacity.CapacityCheck:
         shadow_stack=rb.target_stack.label if step.shadow_bp else None,
         shadow_bp=step.shadow_bp,
     )
-    plan = capacity.plan_fleet(list(loads.values()), capacity.stack_specs(), prices)
+    plan = capacity.plan_fleet(list(loads.values()), cache.specs if cache else capacity.stack_specs(), prices)
     return capacity.check_limits(plan, prices)
 
 
@@ -1100,7 +1145,38 @@ def _record_evaluation(
     now: dt.datetime,
     analysis: Mapping[str, Any] | None = None,
     actor: Actor = SYSTEM_BEAT,
-) -> StepEvaluation:
+) -> StepEvaluation | None:
+    """Keep the latest look on the runbook row; add a history row when something changed.
+
+    The sweeper looks every minute; a waiting ramp whose gates say the same thing as last time
+    only refreshes ``Runbook.last_evaluation`` (values and times), so history stays readable and
+    the tick stays cheap. Holds, rollbacks, advances and any change of a gate's outcome are rows.
+    """
+    signature = [
+        step.index if step else rb.current_step,
+        outcome,
+        sorted([g.gate, g.subject, g.outcome] for g in result),
+    ]
+    previous = rb.last_evaluation or {}
+    repeat = outcome in (
+        StepEvaluation.Outcome.WAIT,
+        StepEvaluation.Outcome.MONITOR,
+        StepEvaluation.Outcome.APPROVAL,
+    ) and (previous.get("signature") == signature and previous.get("evaluation_id"))
+    rb.last_evaluation = {
+        "evaluated_at": now.isoformat(),
+        "step_index": step.index if step else rb.current_step,
+        "outcome": outcome,
+        "reason": reason[:4000],
+        "actor": _label(actor),
+        "analysis_computed_at": str((analysis or {}).get("computed_at") or ""),
+        "decision": str(((analysis or {}).get("decision") or {}).get("verdict") or ""),
+        "gates": [{**g.to_dict(), "passed": g.outcome == gates.PASS} for g in result],
+        "signature": signature,
+        "evaluation_id": previous.get("evaluation_id") if repeat else None,
+    }
+    if repeat:
+        return None
     evaluation = StepEvaluation.objects.create(
         runbook=rb,
         step=step,
@@ -1127,6 +1203,7 @@ def _record_evaluation(
             for g in result
         ]
     )
+    rb.last_evaluation["evaluation_id"] = evaluation.pk
     return evaluation
 
 
@@ -1146,7 +1223,20 @@ class TickOutcome:
     reason: str
 
 
-def ramps_advance_due(*, now: dt.datetime, limit: int = 500) -> list[TickOutcome]:
+def tick_budget_s() -> float:
+    """Wall-clock budget of one sweep (``RUNBOOKS_TICK_BUDGET_S``, default 1.5 s; 0 = unbounded).
+
+    Ramps still due when it runs out stay due and go first in the next sweep (oldest
+    ``next_check_at`` first): deferred, never skipped, so the every-minute beat stays on time.
+    """
+    from django.conf import settings
+
+    return float(getattr(settings, "RUNBOOKS_TICK_BUDGET_S", 1.5) or 0)
+
+
+def ramps_advance_due(
+    *, now: dt.datetime, limit: int = 500, budget_s: float | None = None
+) -> list[TickOutcome]:
     """One sweep: every due runbook, each in its own transaction under a skip-locked row lock.
 
     Safe to run twice at once (a second sweeper skips rows the first holds, and re-reads
@@ -1157,18 +1247,31 @@ def ramps_advance_due(*, now: dt.datetime, limit: int = 500) -> list[TickOutcome
     due = list(
         Runbook.objects.filter(status__in=Runbook.ACTIVE, next_check_at__lte=now)
         .order_by("next_check_at", "pk")
-        .values_list("pk", flat=True)[:limit]
+        .values_list("pk", "plan_version")[:limit]
     )
     outcomes = []
-    for pk in due:
-        try:
-            outcome = runbook_tick(runbook_id=pk, now=now)
-        except Exception:
-            # One broken runbook must not starve the others; its transaction rolled back.
-            log.exception("tick of runbook %s failed", pk)
-            continue
-        if outcome is not None:
-            outcomes.append(outcome)
+    budget = tick_budget_s() if budget_s is None else budget_s
+    started = time.perf_counter()
+    # Registry facts and plans read once (a plan edited since falls back to a fresh read under the lock).
+    cache = _SweepCache(due) if due else None
+    token = _sweep.set(cache)
+    runs_token = gates.latest_runs.set(cache.runs if cache else {})
+    try:
+        for done, (pk, _plan) in enumerate(due):
+            # At least one ramp per sweep, so a tiny budget can slow the sweep but never stall it.
+            if done and budget and time.perf_counter() - started > budget:
+                log.warning(
+                    "sweep budget of %.1f s spent; %d due ramps deferred to the next tick",
+                    budget,
+                    len(due) - done,
+                )
+                break
+            outcome = _tick_one(pk, now)
+            if outcome is not None:
+                outcomes.append(outcome)
+    finally:
+        _sweep.reset(token)
+        gates.latest_runs.reset(runs_token)
     try:
         from migrations_runbooks.notifications import notifications_redeliver_due
 
@@ -1176,6 +1279,15 @@ def ramps_advance_due(*, now: dt.datetime, limit: int = 500) -> list[TickOutcome
     except Exception:
         log.exception("webhook redelivery sweep failed")
     return outcomes
+
+
+def _tick_one(pk: int, now: dt.datetime) -> TickOutcome | None:
+    try:
+        return runbook_tick(runbook_id=pk, now=now)
+    except Exception:
+        # One broken runbook must not starve the others; its transaction rolled back.
+        log.exception("tick of runbook %s failed", pk)
+        return None
 
 
 @transaction.atomic
@@ -1202,6 +1314,7 @@ def runbook_tick(*, runbook_id: int, now: dt.datetime) -> TickOutcome | None:
         ticks=rb.ticks,
         last_tick_at=now,
         next_check_at=rb.next_check_at if rb.status in Runbook.ACTIVE else None,
+        last_evaluation=rb.last_evaluation,
     )
     return TickOutcome(rb.pk, rb.surface.key, before_status, rb.status, rb.current_step, outcome, reason)
 

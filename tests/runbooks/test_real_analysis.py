@@ -107,3 +107,38 @@ def test_groups_real_guardrail_regression_rolls_back_in_the_tick_that_sees_it(se
     seeded["content_first"].refresh_from_db()
     assert seeded["content_first"].status == RankingStack.Status.ACTIVE
     assert Runbook.objects.get(pk=rb.pk).finished_at == young
+
+
+def test_fresh_analysis_is_reused_within_its_max_age(seeded, users, settings):
+    from migrations_runbooks import gates
+
+    settings.RUNBOOKS_ANALYSIS_MAX_AGE_S = 300
+    pages = seeded["pages"]
+    rb = services.runbook_create(
+        surface=pages, target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=STEPS
+    )
+    services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=T0)
+    services.ramps_advance_due(now=T0 + DAY)
+    rb.refresh_from_db()
+    synthesize_day(surface=pages, day=(T0 + DAY).date(), units=600)
+    first, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR)
+    again, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR + 4 * 60 * gates.dt.timedelta(seconds=1))
+    later, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + 2 * HOUR)
+    assert again["analysis_run_id"] == first["analysis_run_id"] and again["reused_age_s"] == 240
+    assert later["analysis_run_id"] != first["analysis_run_id"] and "reused_age_s" not in later
+    settings.RUNBOOKS_ANALYSIS_MAX_AGE_S = 0
+    fresh, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + 2 * HOUR)
+    assert fresh["analysis_run_id"] != later["analysis_run_id"]
+
+
+def test_sweep_budget_defers_but_never_skips(seeded, users, scripted_analysis, scripted_parity):
+    from tests.runbooks.test_concurrency import make_running
+
+    runbooks = make_running(seeded, users["operator"], 4)
+    first = services.ramps_advance_due(now=T0 + DAY, budget_s=1e-9)
+    assert [o.outcome for o in first] == ["advance"]  # one ramp per sweep at least; the rest stay due
+    rest = services.ramps_advance_due(now=T0 + DAY + HOUR, budget_s=0)
+    assert sorted(o.outcome for o in rest) == ["advance", "advance", "advance", "wait"]
+    for rb in runbooks:
+        rb.refresh_from_db()
+        assert rb.current_step == 1
