@@ -36,6 +36,7 @@ class SurfaceRow:
     cells: list[StackShare]
     unified_live: float  # live share of unified-kind stacks, 0..1
     holdout: float
+    runbook: Any = None  # the surface's latest runbook, if any
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ def overview() -> Overview:
         s for s in selectors.stack_list() if s.status != RankingStack.Status.RETIRED or s.label in serving
     ]
     unified_labels = {s.label for s in stacks if s.kind == RankingStack.Kind.UNIFIED_MTL}
+    from migrations_runbooks import selectors as rb_selectors
+
+    latest_runbook: dict[int, Any] = {}
+    for rb in rb_selectors.runbook_list():  # newest first
+        latest_runbook.setdefault(rb.surface_id, rb)
     rows: list[SurfaceRow] = []
     total_qps = unified_qps = 0.0
     for surface in surfaces:
@@ -84,6 +90,7 @@ def overview() -> Overview:
                 cells=[StackShare(live.get(s.label, 0.0), shadow.get(s.label, 0.0)) for s in stacks],
                 unified_live=unified_live,
                 holdout=(allocation.holdout_bp / BUCKETS) if allocation else 0.0,
+                runbook=latest_runbook.get(surface.pk),
             )
         )
         total_qps += surface.peak_qps

@@ -4,8 +4,8 @@ and a PM downloads the readout and opens it. Any JavaScript console error fails 
 
 from __future__ import annotations
 
-import datetime as dt
 import re
+import time
 
 import pytest
 from django.utils import timezone
@@ -16,14 +16,23 @@ from migrations_runbooks import services as rb_services
 from migrations_runbooks.models import Runbook
 from tests.browser.conftest import NARROW, login, snap
 from tests.conftest import PASSWORD
-from tests.web.runbook_helpers import quick_template
+from tests.web.runbook_helpers import instant_template
 
 pytestmark = pytest.mark.browser
 POLL_WAIT_MS = 12_000  # the status card polls every 3 s
 
 
+def tick() -> None:
+    """One sweep at the real time, once the runbook's next check is due (its steps last 1 s)."""
+    rb = Runbook.objects.get()
+    now = timezone.now()
+    if rb.next_check_at and rb.next_check_at > now:
+        time.sleep((rb.next_check_at - now).total_seconds() + 0.05)
+    rb_services.ramps_advance_due(now=timezone.now())
+
+
 def test_ramp_with_four_eyes_approval_tick_and_rollback(ui, new_user_page, seeded, users):
-    quick_template(users["operator"], timezone.now())
+    instant_template(users["operator"], timezone.now())
     operator = ui
     login(operator, users["operator"].username, PASSWORD)
 
@@ -31,7 +40,7 @@ def test_ramp_with_four_eyes_approval_tick_and_rollback(ui, new_user_page, seede
     operator.get_by_role("link", name="Runbooks", exact=True).click()
     operator.get_by_label("Surface").select_option("pages")
     operator.get_by_label("Target stack").select_option(label="unified-mtl@1")
-    operator.get_by_label("Plan").select_option("quick-ui")
+    operator.get_by_label("Plan").select_option("instant-ui")
     operator.get_by_label("Reason").fill("move pages to the unified stack")
     operator.get_by_role("button", name="Create draft runbook").click()
     expect(operator.get_by_role("heading", level=1)).to_have_text("pages → unified-mtl@1")
@@ -47,11 +56,9 @@ def test_ramp_with_four_eyes_approval_tick_and_rollback(ui, new_user_page, seede
     assert allocation_current(surface=seeded["pages"]).treatment_bp == 100
     snap(operator, "runbook-running")
 
-    # The sweeper ticks an hour later (simulated clock): step 0 is done, step 1 needs an approver.
+    # The sweeper ticks (as beat would, on the real clock): step 0 is done, step 1 needs an approver.
     # The open page picks it up by htmx polling, without a reload.
-    rb.refresh_from_db()
-    tick_at = rb.step_started_at + dt.timedelta(hours=1, minutes=1)
-    rb_services.ramps_advance_due(now=tick_at)
+    tick()
     expect(status).to_contain_text("Waiting for approval", timeout=POLL_WAIT_MS)
     expect(status).to_contain_text("Approval needed")
     # The operator who started it has no Approve button.
@@ -75,7 +82,7 @@ def test_ramp_with_four_eyes_approval_tick_and_rollback(ui, new_user_page, seede
     expect(approver.locator("table.approvals")).to_contain_text("1% was clean; proceed to 5%")
 
     # The next tick applies the approval: both open pages show step 1 (5%) by polling.
-    rb_services.ramps_advance_due(now=tick_at + dt.timedelta(minutes=2))
+    tick()
     expect(approver.get_by_test_id("current-step")).to_contain_text("1 · 5%", timeout=POLL_WAIT_MS)
     expect(operator.get_by_test_id("current-step")).to_contain_text("1 · 5%", timeout=POLL_WAIT_MS)
     assert allocation_current(surface=seeded["pages"]).treatment_bp == 500

@@ -67,3 +67,35 @@ def test_viewer_sees_no_change_form(ui, seeded, users):
     expect(ui.get_by_role("heading", name=re.compile("Groups feed"))).to_be_visible()
     expect(ui.get_by_role("button", name="Publish new allocation")).to_have_count(0)
     expect(ui.get_by_text("vera (viewer)")).to_be_visible()
+
+
+def test_shadow_parity_and_capacity_pages(ui, seeded, users):
+    from django.utils import timezone
+
+    from migrations_runbooks import services as rb_services
+    from tests.web.runbook_helpers import quick_template
+    from tests.web.test_experiments_parity import shadow_days
+
+    shadow_days(seeded, users, days=(4, 3, 2, 1), per_day=80)
+    template = quick_template(users["operator"], timezone.now())
+    rb = rb_services.runbook_create(
+        surface=seeded["groups"],
+        target_stack=seeded["unified"],
+        template=template,
+        actor=users["operator"],
+        now=timezone.now(),
+    )
+    login(ui, users["viewer"].username, PASSWORD)
+    ui.get_by_role("link", name="Shadow parity").click()
+    ui.get_by_label("Surface", exact=True).select_option("pages")
+    ui.get_by_role("button", name="Show").click()
+    for div in ("parity-over-time", "latency-daily", "latency-distribution"):
+        expect(ui.locator(f"#{div}.js-plotly-plot .legend")).to_be_visible()
+    expect(ui.locator("table.parity tbody tr")).to_have_count(4)
+    snap(ui, "shadow-parity")
+    ui.goto(ui.base + f"/runbooks/{rb.pk}/capacity/")
+    expect(ui.get_by_role("heading", level=1)).to_contain_text("Capacity plan")
+    expect(ui.locator(f"#capacity-{rb.pk}.js-plotly-plot .legend")).to_be_visible()
+    expect(ui.locator(f"#savings-{rb.pk}.js-plotly-plot .legend")).to_be_visible()
+    expect(ui.locator("table.capacity tbody tr")).to_have_count(5)  # baseline, 3 steps, promoted
+    snap(ui, "capacity")

@@ -40,3 +40,14 @@ def quick_template(actor: Any, now: dt.datetime) -> Any:
         steps=QUICK_STEPS,
         check_interval_s=60,
     )
+
+
+def instant_template(actor: Any, now: dt.datetime) -> Any:
+    """The same plan with one-second steps and checks, for browser tests on the real clock
+    (the page's own actions use the real time, so the timeline stays in order)."""
+    from migrations_runbooks import services
+
+    steps = [{**s, "min_duration_s": 1} for s in QUICK_STEPS]
+    return services.runbook_template_upsert(
+        key="instant-ui", name="Instant UI plan", actor=actor, now=now, steps=steps, check_interval_s=1
+    )

@@ -66,7 +66,9 @@ def test_experiments_list_shows_verdict_days_left_and_export_links(seeded, users
     assert f'href="{reverse("experiment-readout", args=[experiment.key])}"' in row
 
 
-def test_shadow_parity_page_charts_daily_agreement_and_latency(seeded, users, viewer):
+def shadow_days(seeded, users, *, days: tuple[int, ...] = (2, 1), per_day: int = 50) -> None:
+    """Shadow 10% of pages on the unified stack and log ``per_day`` compared requests a day, then
+    aggregate them with the serving app's own daily job (overlap@10 = 0.5 + 0.1 × days back)."""
     from controlplane.serving.models import ShadowComparison
     from controlplane.serving.services import shadow_parity_aggregate
 
@@ -80,7 +82,7 @@ def test_shadow_parity_page_charts_daily_agreement_and_latency(seeded, users, vi
     )
     rng = np.random.default_rng(3)
     today = timezone.now().date()
-    for back in (2, 1):
+    for back in days:
         day = today - dt.timedelta(days=back)
         ShadowComparison.objects.bulk_create(
             ShadowComparison(
@@ -101,9 +103,13 @@ def test_shadow_parity_page_charts_daily_agreement_and_latency(seeded, users, vi
                 live_ms=float(40 + rng.normal(0, 3)),
                 shadow_ms=float(55 + rng.normal(0, 5)),
             )
-            for i in range(50)
+            for i in range(per_day)
         )
         shadow_parity_aggregate(day=day)
+
+
+def test_shadow_parity_page_charts_daily_agreement_and_latency(seeded, users, viewer):
+    shadow_days(seeded, users)
     response = viewer.get(reverse("web-shadow-parity"), {"surface": "pages", "days": 7})
     html = response.content.decode()
     for div in ("parity-over-time", "latency-daily", "latency-distribution"):
