@@ -126,12 +126,18 @@ def _open_approval(runbook: Runbook) -> Approval | None:
 
 def available_actions(runbook: Runbook, user: Any) -> list[RunbookAction]:
     """Actions this user may try now. Display only: every POST is checked again by role and service."""
-    pending = _open_approval(runbook) is not None
+    approval = _open_approval(runbook)
+    # Four-eyes (the service's rule): whoever requested the approval or started the runbook
+    # cannot grant it, so they are not offered the button either.
+    own = approval is not None and getattr(user, "pk", None) in (
+        approval.requested_by_id,
+        runbook.started_by_id,
+    )
     out = []
     for action in ACTIONS.values():
         if runbook.status not in action.statuses or not has_role(user, action.role):
             continue
-        if action.name in ("approve", "reject") and not pending:
+        if action.name in ("approve", "reject") and (approval is None or own):
             continue
         out.append(action)
     return out

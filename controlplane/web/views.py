@@ -115,6 +115,8 @@ def _stack_choices() -> list[tuple[str, str]]:
 @require_http_methods(["GET", "POST"])
 def surface_detail(request: HttpRequest, surface_key: str) -> HttpResponse:
     """A surface's allocation history as a timeline, and (operators) a manual allocation change."""
+    from migrations_runbooks import selectors as rb_selectors
+
     surface = get_object_or_404(selectors.surface_list(), key=surface_key)
     current = selectors.allocation_current(surface=surface)
     live, shadow = web_selectors.surface_shares(allocation=current)
@@ -166,6 +168,7 @@ def surface_detail(request: HttpRequest, surface_key: str) -> HttpResponse:
         "live": sorted(live.items(), key=lambda kv: -kv[1]),
         "shadow": sorted(shadow.items()),
         "history": selectors.allocation_history(surface=surface)[:30],
+        "runbooks": list(rb_selectors.runbook_list(surface=surface.key)[:10]),
         "form": form,
         "timeline": charts.share_timeline(
             samples=_share_samples(surface),

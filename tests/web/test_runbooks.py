@@ -223,3 +223,34 @@ def test_capacity_page_shows_replicas_per_step_and_savings(seeded, users, client
     # Replicas of the unified stack at 100% equal the plan's figure for that step.
     unified = next(s for s in plan["steps"][2]["plan"]["stacks"] if s["stack"] == "unified-mtl@1")
     assert unified["replicas"] and unified["replicas"] > 0
+
+
+def test_four_eyes_operator_who_is_also_approver_cannot_approve_own_runbook(seeded, users, client_for):
+    olga = client_for(users["operator2"])  # operator and approver
+    template = quick_template(users["operator2"], timezone.now())
+    rb = rb_services.runbook_create(
+        surface=seeded["pages"],
+        target_stack=seeded["unified"],
+        template=template,
+        actor=users["operator2"],
+        now=timezone.now(),
+    )
+    rb_services.runbook_start(runbook=rb, actor=users["operator2"], reason="go", now=timezone.now())
+    rb.refresh_from_db()
+    rb_services.ramps_advance_due(now=rb.step_started_at + dt.timedelta(hours=2))
+    rb.refresh_from_db()
+    assert rb.status == "waiting_approval"
+    detail = olga.get(reverse("web-runbook-detail", args=[rb.pk])).content.decode()
+    assert "Approval needed" in detail and f"/runbooks/{rb.pk}/approve/" not in detail
+    # Posting anyway: the service refuses (four-eyes) and the page says why, above the form.
+    response = olga.post(reverse("web-runbook-action", args=[rb.pk, "approve"]), {"reason": "my own"})
+    assert response.status_code == 200
+    assert "four-eyes: the approver must be someone other than" in response.content.decode()
+    rb.refresh_from_db()
+    assert rb.approvals.get().status == "pending"
+    # Anna (approver, not involved) is offered the button.
+    anna = client_for(users["approver"])
+    assert (
+        f"/runbooks/{rb.pk}/approve/"
+        in anna.get(reverse("web-runbook-detail", args=[rb.pk])).content.decode()
+    )
