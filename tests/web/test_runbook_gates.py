@@ -29,7 +29,7 @@ STEPS = [
 def test_guardrail_breach_rollback_shows_reason_and_breaching_gates(
     seeded,
     users,
-    scripted_analysis,
+    scripted_analysis,  # noqa: F811 - the runbooks tests' fixture
     scripted_parity,  # noqa: F811
 ):
     breach_ci = {"method": "msprt", "ci": [0.002, 0.009], "p_value": 0.001, "diff": 0.006, "computable": True}
