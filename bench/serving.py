@@ -179,7 +179,7 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
         "DATABASE_URL": database_url,
         "SECRET_KEY": "serving-bench-" + "x" * 40,
         "CONTROLPLANE_VAR_DIR": str(workdir),
-        "RANKERS_ARTIFACTS_DIR": str(ROOT / "var" / "rankers-bench"),
+        "RANKERS_ARTIFACTS_DIR": os.environ.get("RANKERS_ARTIFACTS_DIR", str(ROOT / "artifacts")),
         "RANKERS_WORLD": args.world,
         "SERVING_LOG_MODE": args.log_mode,
         "SERVING_TORCH_THREADS": "1",

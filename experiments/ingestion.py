@@ -50,7 +50,7 @@ from controlplane.errors import ApplicationError, ConflictError
 from controlplane.models import Allocation, Population, RankingStack, Surface
 from experiments.models import Exposure, IngestBatch, MetricDefinition, MetricObservation
 
-MAX_ROWS_PER_BATCH = 500_000
+MAX_ROWS_PER_BATCH = 2_000_000
 ARMS = ("holdout", "control", "treatment")
 
 # key: (name, kind, direction, numerator, denominator, quantile, ingestible, description)
@@ -233,16 +233,29 @@ def _check_unit_ids(units: pd.Series, errors: _Errors, field: str = "unit_id") -
 
 
 def _known_units(surface: Surface, candidates: set[str]) -> set[str]:
-    """Units with an exposure on ``surface`` (any salt), among ``candidates``."""
-    known: set[str] = set()
+    """Units with an exposure on ``surface`` (any salt), among ``candidates``.
+
+    Raw SQL: the ORM would resolve every one of tens of thousands of IN parameters in Python.
+    """
+    table = connection.ops.quote_name(Exposure._meta.db_table)
     items = sorted(candidates)
-    for start in range(0, len(items), 5000):
-        chunk = items[start : start + 5000]
-        known.update(
-            Exposure.objects.filter(surface=surface, unit_id__in=chunk)
-            .values_list("unit_id", flat=True)
-            .distinct()
-        )
+    known: set[str] = set()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT DISTINCT unit_id FROM {table} WHERE surface_id = %s AND unit_id = ANY(%s)",
+                [surface.pk, items],
+            )
+            known.update(row[0] for row in cursor.fetchall())
+            return known
+        for start in range(0, len(items), 5000):
+            chunk = items[start : start + 5000]
+            marks = ", ".join(["%s"] * len(chunk))
+            cursor.execute(
+                f"SELECT DISTINCT unit_id FROM {table} WHERE surface_id = %s AND unit_id IN ({marks})",
+                [surface.pk, *chunk],
+            )
+            known.update(row[0] for row in cursor.fetchall())
     return known
 
 

@@ -177,6 +177,7 @@ class LogBuffer:
         self._seen: OrderedDict[tuple[int, str, str], None] = OrderedDict()
         self._defer_depth = 0
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.dropped = 0
 
     # -- producers --------------------------------------------------------------------------------
@@ -249,13 +250,26 @@ class LogBuffer:
 
     def _run(self) -> None:
         interval = float(setting("SERVING_LOG_FLUSH_MS", 200.0)) / 1e3
-        while True:
-            time.sleep(interval)
+        stop = self._stop
+        while not stop.wait(interval):
             try:
                 close_old_connections()
                 self.flush()
             except Exception:  # keep the writer alive; flush() already logged it
                 time.sleep(interval)
+        try:
+            self.flush()
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self) -> None:
+        """Flush and stop the background writer (tests; process shutdown)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._stop.set()
+            thread.join(10)
+        self._thread = None
+        self._stop = threading.Event()
 
     def reset(self) -> None:
         with self._lock:
@@ -279,7 +293,7 @@ class LogBuffer:
 
 route_cache = RouteCache()
 log_buffer = LogBuffer()
-atexit.register(lambda: log_buffer.flush() if log_buffer.mode == "background" else None)
+atexit.register(log_buffer.stop)
 
 
 def deferred_logging() -> contextlib.AbstractContextManager[None]:
@@ -291,6 +305,7 @@ def router_reset() -> None:
     """Forget cached routes, logged-exposure keys and cached knobs (tests; after restoring a database)."""
     from controlplane.serving.stacks import _forget_settings
 
+    log_buffer.stop()
     route_cache.clear()
     log_buffer.reset()
     _forget_settings()
