@@ -194,6 +194,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "StackStatusEnum": "controlplane.models.RankingStack.Status",
         "SurfaceStatusEnum": "controlplane.models.Surface.Status",
+        "StackKindEnum": "controlplane.models.RankingStack.Kind",
+        "MetricKindEnum": "experiments.models_evidence.MetricDefinition.Kind",
+        "DecisionVerdictEnum": "experiments.models.Decision.Verdict",
     },
 }
 
