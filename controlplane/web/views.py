@@ -6,6 +6,7 @@ Roles: every page needs the viewer role; every write checks its role again here 
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,6 +28,8 @@ from controlplane.web.access import require_role, viewer_required
 from controlplane.web.forms import AllocationChangeForm, AuditFilterForm, form_apply_error, pct_to_bp
 
 AUDIT_PAGE_SIZE = 50
+#: Window of router latency samples shown as "measured in serving" on the stack registry.
+SERVED_WINDOW = dt.timedelta(days=7)
 EVENT_TONES = (
     ("rollback", "bad"),
     ("abort", "bad"),
@@ -67,9 +70,22 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @viewer_required
 def stack_list(request: HttpRequest) -> HttpResponse:
+    from controlplane.serving import selectors as serving_selectors
+
     stacks = list(selectors.stack_list())
     metric_keys = sorted({k for s in stacks for k in (s.offline_metrics or {})})
-    return render(request, "web/stacks.html", {"stacks": stacks, "metric_keys": metric_keys})
+    since = timezone.now() - SERVED_WINDOW
+    slo = {s.label: s.latency_slo_ms for s in stacks}
+    served = [
+        {**row, "surface": surface.key, "slo_ms": slo.get(row["stack"])}
+        for surface in selectors.surface_list()
+        for row in serving_selectors.serving_health(surface=surface, since=since)
+    ]
+    return render(
+        request,
+        "web/stacks.html",
+        {"stacks": stacks, "metric_keys": metric_keys, "served": served, "served_days": SERVED_WINDOW.days},
+    )
 
 
 def _share_samples(surface: Surface) -> list[charts.ShareSample]:

@@ -298,3 +298,25 @@ def test_login_page_keeps_field_ids_and_rate_limit_message(db):
     for _ in range(11):
         response = client.post("/accounts/login/", {"username": "x", "password": "y"})
     assert response.status_code == 429 and "Too many login attempts" in response.content.decode()
+
+
+def test_stack_registry_shows_latency_measured_in_serving(seeded, users, client_for):
+    from django.utils import timezone
+
+    from controlplane.serving.models import LatencySample
+
+    now = timezone.now()
+    samples = [float(ms) for ms in range(1, 101)]  # p50 = 50.5, p99 = 99.01 (numpy linear)
+    LatencySample.objects.bulk_create(
+        LatencySample(
+            surface=seeded["groups"], unit_id=f"u{i}", arm="treatment", stack="unified-mtl@1", ts=now, ms=ms
+        )
+        for i, ms in enumerate(samples)
+    )
+    html = client_for(users["viewer"]).get(reverse("web-stacks")).content.decode()
+    row = re.search(
+        r"<tr><td>groups</td><td>unified-mtl@1</td><td>treatment</td>(.*?)</tr>", html, re.S
+    ).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert cells[0] == "100" and cells[3] == "50.5"
+    assert cells[4].startswith("99.0") and "over SLO" in cells[4]  # SLO of unified-mtl@1 is 80 ms
