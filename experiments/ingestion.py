@@ -77,22 +77,24 @@ STANDARD_METRICS: dict[str, tuple[str, str, str, str, str, float | None, bool, s
     ),
     "engagements": ("Engagements", "mean", "higher", "", "", None, True, "Likes + comments + shares"),
     "negative_feedback": ("Negative feedback", "mean", "lower", "", "", None, True, "Hides + reports"),
+    # The ratio definitions match experiments.metrics (the experiments app's standard set): a
+    # numerator or denominator may be a sum of ingested keys, "hides+reports".
     "engagement_rate": (
-        "Engagement rate", "ratio", "higher", "engagements", "impressions", None, False,
-        "Σ engagements / Σ impressions (delta method)",
+        "Engagement rate", "ratio", "higher", "likes+comments+shares", "impressions", None, False,
+        "(likes + comments + shares) / impressions, delta method over users",
     ),
     "hide_report_rate": (
-        "Hide + report rate", "ratio", "lower", "negative_feedback", "impressions", None, False,
-        "Σ (hides + reports) / Σ impressions",
+        "Hide + report rate", "ratio", "lower", "hides+reports", "impressions", None, False,
+        "(hides + reports) / impressions",
     ),
     "integrity_rate": (
         "Integrity-violating impression rate", "ratio", "lower", "integrity_impressions", "impressions", None,
-        False, "Σ violating impressions / Σ impressions",
+        False, "Violating impressions / impressions",
     ),
-    "error_rate": ("Error rate", "ratio", "lower", "errors", "requests", None, False, "Σ errors / Σ requests"),
-    "newcomer_share": (
-        "Newcomer-creator share", "ratio", "higher", "newcomer_impressions", "impressions", None, False,
-        "Σ newcomer impressions / Σ impressions",
+    "error_rate": ("Error rate", "ratio", "lower", "errors", "requests", None, False, "Failed feed loads / requests"),
+    "newcomer_exposure": (
+        "Newcomer-creator exposure", "ratio", "higher", "newcomer_impressions", "impressions", None, False,
+        "Share of impressions from new creators",
     ),
     "latency_p99": (
         "p99 latency (ms)", "quantile", "lower", "", "", 0.99, False,
@@ -124,8 +126,18 @@ EVENT_METRICS: dict[str, tuple[str, ...]] = {
 def metric_definitions_ensure() -> int:
     """Create the standard metric definitions that are missing; returns how many were created.
 
-    Existing rows are left as they are (an operator may have edited a description).
+    The experiments app's own standard set (``experiments.services.metric_definitions_ensure_standard``)
+    goes first when it is installed, so each shared key has one definition whichever app seeds
+    first; this adds the serving-side extras (``engagements``, ``negative_feedback``,
+    ``latency_p50``). Existing rows are left as they are (an operator may have edited them).
     """
+    created = 0
+    try:
+        from experiments.services import metric_definitions_ensure_standard
+    except ImportError:  # ingestion works without the experiments services
+        pass
+    else:
+        created += int(metric_definitions_ensure_standard())
     existing = set(
         MetricDefinition.objects.filter(key__in=list(STANDARD_METRICS)).values_list("key", flat=True)
     )
@@ -147,7 +159,7 @@ def metric_definitions_ensure() -> int:
         if key not in existing
     ]
     MetricDefinition.objects.bulk_create(missing, ignore_conflicts=True)
-    return len(missing)
+    return created + len(missing)
 
 
 @dataclass(frozen=True, slots=True)

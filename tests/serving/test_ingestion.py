@@ -44,8 +44,13 @@ def test_metric_definitions_are_seeded_idempotently(db):
     assert created >= 20 and metric_definitions_ensure() == 0
     ratio = MetricDefinition.objects.get(key="hide_report_rate")
     assert (ratio.kind, ratio.numerator, ratio.denominator, ratio.direction) == (
-        "ratio", "negative_feedback", "impressions", "lower",
+        "ratio", "hides+reports", "impressions", "lower",
     )  # fmt: skip
+    # The serving extras exist beside the experiments app's standard set.
+    assert (
+        MetricDefinition.objects.filter(key__in=["engagements", "negative_feedback", "latency_p50"]).count()
+        == 3
+    )
     assert MetricDefinition.objects.get(key="latency_p99").quantile == 0.99
     for key in ("impressions", "sessions", "time_spent", "meaningful_interactions", "newcomer_impressions"):
         assert MetricDefinition.objects.get(key=key).ingestible
