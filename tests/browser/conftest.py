@@ -122,7 +122,35 @@ def login(page: Any, username: str, password: str) -> None:
     page.wait_for_url(page.base + "/")
 
 
-def snap(page: Any, name: str, *, full_page: bool = True) -> Path:
+A11Y_PROBLEMS_JS = """() => {
+  const problems = [];
+  const h1 = document.querySelectorAll('h1');
+  if (h1.length !== 1) problems.push(`${h1.length} <h1> elements`);
+  for (const el of document.querySelectorAll('input, select, textarea')) {
+    if (el.type === 'hidden' || el.closest('.modebar') || el.offsetParent === null) continue;
+    const named = (el.labels && el.labels.length) || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!named) problems.push(`unlabelled ${el.tagName.toLowerCase()} name=${el.name}`);
+  }
+  for (const el of document.querySelectorAll('button, a[href]')) {
+    if (el.closest('.modebar') || el.offsetParent === null) continue;
+    if (!(el.textContent.trim() || el.getAttribute('aria-label') || el.getAttribute('title')))
+      problems.push(`nameless ${el.tagName.toLowerCase()} ${el.outerHTML.slice(0, 80)}`);
+  }
+  for (const img of document.querySelectorAll('img:not([alt])')) problems.push(`img without alt ${img.src}`);
+  return problems;
+}"""
+
+
+def assert_accessible(page: Any) -> None:
+    """Basic checks on our pages: one h1, every form control labelled, links/buttons named, alt text."""
+    problems = page.evaluate(A11Y_PROBLEMS_JS)
+    assert not problems, f"accessibility problems on {page.url}: {problems}"
+
+
+def snap(page: Any, name: str, *, full_page: bool = True, check: bool = True) -> Path:
+    """Screenshot into $SCREENSHOT_DIR, after the basic accessibility checks (our pages only)."""
+    if check:
+        assert_accessible(page)
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)

@@ -67,6 +67,27 @@ def test_viewer_sees_no_change_form(ui, seeded, users):
     expect(ui.get_by_role("heading", name=re.compile("Groups feed"))).to_be_visible()
     expect(ui.get_by_role("button", name="Publish new allocation")).to_have_count(0)
     expect(ui.get_by_text("vera (viewer)")).to_be_visible()
+    # Nor any runbook action.
+    from django.utils import timezone
+
+    from migrations_runbooks import services as rb_services
+    from tests.web.runbook_helpers import quick_template
+
+    template = quick_template(users["operator"], timezone.now())
+    rb = rb_services.runbook_create(
+        surface=seeded["pages"],
+        target_stack=seeded["unified"],
+        template=template,
+        actor=users["operator"],
+        now=timezone.now(),
+    )
+    rb_services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=timezone.now())
+    ui.goto(ui.base + f"/runbooks/{rb.pk}/")
+    expect(ui.locator("#runbook-status")).to_contain_text("Running")
+    expect(ui.get_by_role("group", name="Runbook actions")).to_have_count(0)
+    for name in ("Pause", "Roll back", "Abort", "Approve"):
+        expect(ui.get_by_role("link", name=name, exact=True)).to_have_count(0)
+    snap(ui, "runbook-viewer")
 
 
 def test_shadow_parity_and_capacity_pages(ui, seeded, users):
