@@ -38,6 +38,7 @@ from typing import Any
 from experiments.metrics import metric_components
 
 EXPOSURE_TABLE = "experiments_exposure"
+WORK_MEM = "256MB"
 METRIC_TABLE = "experiments_metricobservation"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 
@@ -205,25 +206,37 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
     exposure_table = _check_table(spec.exposure_table)
     metric_table = _check_table(spec.metric_table)
 
+    # No join: exposures and metric rows are stacked (UNION ALL) and grouped once by unit, so the
+    # plan is one scan of each table and one hash aggregate whatever the planner's estimates are
+    # (a join planned on a never-analysed table can degrade to a nested loop, quadratic in units).
     sql = (
-        "WITH units AS (\n"
-        "  SELECT e.unit_id, e.arm, e.population, e.allocation_version, date(e.first_exposed_at) AS day\n"
+        "WITH stacked AS (\n"
+        "  SELECT e.unit_id, e.arm, e.population, e.allocation_version, date(e.first_exposed_at) AS day,\n"
+        "    CAST(NULL AS VARCHAR(64)) AS metric, CAST(NULL AS DATE) AS mday, CAST(NULL AS DOUBLE PRECISION) AS value\n"
         f"  FROM {exposure_table} e\n"
         "  WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment')\n"
         "    AND date(e.first_exposed_at) <= %s\n"
-        "),\n"
-        "per_unit AS (\n"
-        "  SELECT m.unit_id,\n    " + ",\n    ".join(pivot_sql) + "\n"
+        "  UNION ALL\n"
+        "  SELECT m.unit_id, CAST(NULL AS VARCHAR(10)), CAST(NULL AS VARCHAR(20)), CAST(NULL AS INTEGER),\n"
+        "    CAST(NULL AS DATE), m.metric, m.day, m.value\n"
         f"  FROM {metric_table} m\n"
         f"  WHERE m.surface_id = %s AND m.metric IN ({', '.join(['%s'] * len(keys))})\n"
         "    AND m.day >= %s AND m.day <= %s\n"
+        "),\n"
+        "p AS (\n"
+        "  SELECT MAX(m.arm) AS arm, MAX(m.population) AS population, MAX(m.day) AS day,\n"
+        "    MAX(m.allocation_version) AS allocation_version,\n    "
+        + ",\n    ".join(pivot_sql).replace("m.day >=", "m.mday >=").replace("m.day <=", "m.mday <=")
+        + "\n"
+        "  FROM stacked m\n"
         "  GROUP BY m.unit_id\n"
         "),\n"
         "j AS (\n"
-        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
+        "  SELECT p.arm, p.population, p.day, p.allocation_version,\n    "
         + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_exprs.items())
         + "\n"
-        "  FROM units u LEFT JOIN per_unit p ON p.unit_id = u.unit_id\n"
+        "  FROM p\n"
+        "  WHERE p.arm IS NOT NULL\n"
         ")\n"
         "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
@@ -231,8 +244,8 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
     )
     params = [spec.surface_id, spec.salt, window[1]]
-    params += pivot_params
     params += [spec.surface_id, *keys, day_lo, day_hi]
+    params += pivot_params
     return sql, params
 
 
@@ -275,6 +288,14 @@ def run_query(spec: AggregateSpec, connection: Any) -> list[dict[str, Any]]:
     """Execute the aggregate query on a Django connection; rows as dicts (day as ISO text)."""
     sql, params = build_query(spec)
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql" and not connection.get_autocommit():
+            # Transaction-local planner settings for this analytic query. JIT compilation of its
+            # ~30 conditional aggregates costs more than it saves (measured: 11.7 s of a 17.8 s
+            # query at 200k units), and the per-unit hash aggregate needs more than the default
+            # 4 MB work_mem to stay in memory.
+            cursor.execute(
+                "SELECT set_config('jit', 'off', true), set_config('work_mem', %s, true)", [WORK_MEM]
+            )
         cursor.execute(sql, params)
         names = [c[0] for c in cursor.description]
         rows = cursor.fetchall()

@@ -35,6 +35,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.aggregation import AggregateMetric, metric_row
+from experiments.stats.sequential import DEFAULT_MIXTURE_SD_UNITS
 
 POOLED = "pooled"
 # A pre-period covariate mean that differs between arms at p below this is flagged: randomisation
@@ -246,7 +247,7 @@ def _units_needed(
     reduction included) defines an effective coefficient of variation for the engine's power
     functions: cv_eff = se·√N / (|ȳ_c|·√(1/s + 1/(1 − s))), s = treatment share.
     A guardrail's one-sided test at α has the power of a two-sided test at 2α (the far tail is
-    negligible), so ``sample_size`` with 2α and the distance to the margin answers it.
+    negligible), so ``sample_size`` with 2α and the margin as the effect answers it.
     """
     if result.se is None or result.diff is None or result.control_mean in (None, 0.0) or margin_abs is None:
         return None
@@ -257,13 +258,10 @@ def _units_needed(
     split = result.n_treatment / n
     cv = result.se * math.sqrt(n) / (mu * math.sqrt(1.0 / split + 1.0 / (1.0 - split)))
     # The power calculation assumes the pre-registered hypothesis (no true difference), as a
-    # design-time calculation would; an estimate already outside the margin cannot be settled
-    # by waiting, which is reported as "never" (None).
+    # design-time calculation does: the observed point estimate is too noisy to plan with, and an
+    # estimate that is significantly beyond the margin has already been judged (worse / inferior).
     try:
         if metric.role == "guardrail":
-            harm = -_sign(metric.direction) * result.diff  # > 0 when the treatment is worse
-            if harm >= margin_abs:
-                return None
             size = stats.sample_size(
                 cv=cv,
                 rel_mde=margin_abs / mu,
@@ -272,12 +270,9 @@ def _units_needed(
                 split=split,
             )
         else:
-            margin_rel = margin_abs / mu
-            if abs(result.diff / mu) >= margin_rel:
-                return None
             size = stats.tost_sample_size(
                 cv=cv,
-                margin_rel=margin_rel,
+                margin_rel=margin_abs / mu,
                 alpha=design.alpha,
                 power=design.power,
                 true_rel_diff=0.0,
@@ -439,9 +434,9 @@ def _entry(
         previous = inputs.previous_sequential.get((metric.key, pop))
         prev = _sequential_from_dict(previous) if previous else None
         try:
-            sequential = stats.msprt(res, alpha, previous=prev)
+            sequential = stats.msprt(res, alpha, previous=prev, mixture_sd=None if prev else _mixture_sd(res))
         except ValueError:
-            sequential = stats.msprt(res, alpha)
+            sequential = stats.msprt(res, alpha, mixture_sd=_mixture_sd(res))
     p_used = p_adjusted if metric.role == "secondary" and p_adjusted is not None else res.p_value
     verdict = _verdict(metric, res, p_used, alpha, equivalence, ni, sequential)
     margin_abs = _margin_abs(metric, res)
@@ -486,6 +481,20 @@ def _entry(
         if verdict == "inconclusive" and metric.role in ("primary", "guardrail")
         else None,
     }
+
+
+def _mixture_sd(res: stats.ComparisonResult) -> float | None:
+    """τ of the mSPRT normal mixture when the result carries no per-unit variances (stratified).
+
+    The engine's default is τ = k·σ with σ the per-unit standard deviation; for a pooled result
+    σ follows from its standard error, se² = σ²(1/n_c + 1/n_t). Fixed at the first look.
+    """
+    if res.control_variance is not None and res.treatment_variance is not None:
+        return None  # the engine's own default applies
+    if res.se is None or not res.se > 0 or res.n_control < 1 or res.n_treatment < 1:
+        return None
+    sigma = res.se / math.sqrt(1.0 / res.n_control + 1.0 / res.n_treatment)
+    return DEFAULT_MIXTURE_SD_UNITS * sigma
 
 
 def _sequential_from_dict(data: Mapping[str, Any]) -> stats.SequentialResult | None:

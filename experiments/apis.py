@@ -517,7 +517,7 @@ class WarehouseSqlApi(APIView):
             ),
             OpenApiParameter("exposure_table", str, description=f"default {aggregation.EXPOSURE_TABLE}"),
             OpenApiParameter("metric_table", str, description=f"default {aggregation.METRIC_TABLE}"),
-            OpenApiParameter("format", str, description="json (default) or text"),
+            OpenApiParameter("output", str, description="json (default) or text (the bare SQL)"),
         ],
         responses=inline_serializer(
             "WarehouseSql",
@@ -551,7 +551,7 @@ class WarehouseSqlApi(APIView):
             raise ApplicationError(str(exc), field="exposure_table") from exc
         text = aggregation.render_sql(sql, params)
         columns = [*aggregation.GROUP_FIELDS, *(f"{m.key}__{f}" for m in spec.metrics for f in m.fields())]
-        if request.query_params.get("format") == "text":
+        if request.query_params.get("output") == "text":
             return HttpResponse(text + ";\n", content_type="text/plain; charset=utf-8")
         return Response({"sql": text, "as_of": as_of, "columns": columns})
 

@@ -61,7 +61,9 @@ def _shadow_parity(experiment: Experiment, since: dt.date) -> list[dict[str, Any
     except ImportError:
         return []
     try:
-        rows = shadow_parity_daily(surface=experiment.surface, stack=experiment.treatment_stack, since=since)
+        rows = shadow_parity_daily(
+            surface=experiment.surface, stack=experiment.treatment_stack.label, since=since
+        )
     except Exception:
         return []
     out = []
