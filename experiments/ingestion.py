@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -203,7 +202,9 @@ class _Errors:
 
 
 def _setting(name: str, default: int) -> int:
-    return int(getattr(settings, name, default))
+    from controlplane.serving.stacks import setting
+
+    return int(setting(name, default))
 
 
 def _column(rows: Sequence[Any], name: str) -> pd.Series:
