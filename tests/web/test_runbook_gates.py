@@ -60,3 +60,67 @@ def test_guardrail_breach_rollback_shows_reason_and_breaching_gates(
     # The overview lists rollbacks of the last week only; this one happened on the simulated T0.
     home = client.get("/").content.decode()
     assert "guardrail breach at step 5%" not in home
+
+
+def test_whole_migration_from_the_pages_to_promotion(
+    seeded,
+    users,
+    scripted_analysis,  # noqa: F811
+    scripted_parity,  # noqa: F811
+):
+    """Start, approvals and promotion all through the pages; the sweeper (simulated clock) between."""
+    from controlplane.models import Surface
+    from migrations_runbooks.models import Runbook
+    from tests.runbooks.conftest import fast_steps
+
+    scripted_analysis.results["pages"] = analysis_result()
+    operator, approver = Client(), Client()
+    operator.force_login(users["operator"])
+    approver.force_login(users["approver"])
+    template = rb_services.runbook_template_upsert(
+        key="standard-fast",
+        name="Standard, 1 h steps",
+        actor=users["operator"],
+        now=T0,
+        steps=fast_steps(approval_at=(3,), hours=1),
+    )
+    response = operator.post(
+        reverse("web-runbooks"),
+        {
+            "surface": "pages",
+            "target_stack": seeded["unified"].pk,
+            "template": template.key,
+            "reason": "H2 plan",
+        },
+    )
+    rb = Runbook.objects.get()
+    assert response.status_code == 302
+    assert (
+        operator.post(
+            reverse("web-runbook-action", args=[rb.pk, "start"]), {"reason": "go ahead"}
+        ).status_code
+        == 302
+    )
+    rb.refresh_from_db()
+    now = rb.step_started_at
+    approvals = 0
+    for _ in range(40):
+        rb.refresh_from_db()
+        if rb.status == "promoted":
+            break
+        if rb.status == "waiting_approval":
+            url = reverse("web-runbook-action", args=[rb.pk, "approve"])
+            assert approver.post(url, {"reason": "reviewed the gates"}).status_code == 302
+            approvals += 1
+        now += dt.timedelta(minutes=61)
+        rb_services.ramps_advance_due(now=now)
+    rb.refresh_from_db()
+    assert rb.status == "promoted" and approvals == 2  # entering 25%, and promotion
+    pages = Surface.objects.get(key="pages")
+    assert pages.status == "unified" and pages.production_stack == seeded["unified"]
+    html = operator.get("/").content.decode()
+    # Pages (1 200 of 2 000 peak QPS) now runs on the unified stack: 60% of the program's traffic.
+    assert re.search(r'data-testid="unified-traffic">60.0%<', html)
+    assert "1 / 2" in html
+    detail = operator.get(reverse("web-runbook-detail", args=[rb.pk])).content.decode()
+    assert "badge-promoted" in detail and "runbook-actions" not in detail
