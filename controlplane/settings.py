@@ -246,6 +246,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 50},
     },
+    "experiments-analyze-running": {
+        "task": "experiments.tasks.experiments_analyze_running",
+        "schedule": crontab(minute=7),
+        "options": {"expires": 3000},
+    },
 }
 
 LOGGING = {

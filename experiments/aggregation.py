@@ -142,10 +142,15 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
 
     for m in spec.metrics:
         cuped = m.cuped and has_pre
+        pairs: list[tuple[str, str | None, str | None]]
         if m.kind == "ratio":
             num = per_unit(f"{m.key}:num", unit_value(m.numerator, "w", "sum"))
             den = per_unit(f"{m.key}:den", unit_value(m.denominator, "w", "sum"))
-            pairs = [("num_sum", num, None), ("num_sum_squares", num, num), ("den_sum", den, None)]
+            pairs = [
+                ("num_sum", num, None),
+                ("num_sum_squares", num, num),
+                ("den_sum", den, None),
+            ]
             pairs += [("den_sum_squares", den, den), ("num_den_sum", num, den)]
             if cuped:
                 pn = per_unit(f"{m.key}:pre_num", unit_value(m.numerator, "p", "sum"))

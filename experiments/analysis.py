@@ -341,10 +341,10 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
                 adjusted[(k, pop)] = p
     for metric in design.metrics:
         for pop in [POOLED, *populations]:
-            res = results.get((metric.key, pop))
-            if res is None:
+            found = results.get((metric.key, pop))
+            if found is None:
                 continue
-            entries.append(_entry(metric, pop, res, adjusted.get((metric.key, pop)), design, inputs))
+            entries.append(_entry(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs))
 
     health = _health(design, inputs, units, srm, entries, totals, aggregates, populations)
     decision = _decide(design, entries, health, srm, units, daily, inputs.as_of)
@@ -715,25 +715,25 @@ def _decide(
 
     pending: list[tuple[str, float | None]] = []
     for metric in design.metrics:
-        e = pooled.get(metric.key)
-        if e is None or metric.role == "secondary":
+        pe = pooled.get(metric.key)
+        if pe is None or metric.role == "secondary":
             continue
-        ok = e["verdict"] in (("equivalent", "better") if metric.role == "primary" else ("noninferior",))
+        ok = pe["verdict"] in (("equivalent", "better") if metric.role == "primary" else ("noninferior",))
         if ok:
             continue
         block(metric.key)
-        pending.append((metric.key, e.get("units_needed")))
-        if e["verdict"] == "not_computable":
-            reasons.append(f"{e['name']}: not computable ({e['reason'] or 'no data'})")
+        pending.append((metric.key, pe.get("units_needed")))
+        if pe["verdict"] == "not_computable":
+            reasons.append(f"{pe['name']}: not computable ({pe['reason'] or 'no data'})")
         elif metric.role == "primary":
             reasons.append(
-                f"{e['name']}: not yet shown equivalent within ±{_margin_text(e)} "
-                f"(lift {_pct(e['rel_lift'])}, CI {_pct_ci(e['rel_lift_ci'])})"
+                f"{pe['name']}: not yet shown equivalent within ±{_margin_text(pe)} "
+                f"(lift {_pct(pe['rel_lift'])}, CI {_pct_ci(pe['rel_lift_ci'])})"
             )
         else:
             reasons.append(
-                f"{e['name']}: non-inferiority within {_margin_text(e)} not yet shown "
-                f"(lift {_pct(e['rel_lift'])}, CI {_pct_ci(e['rel_lift_ci'])})"
+                f"{pe['name']}: non-inferiority within {_margin_text(pe)} not yet shown "
+                f"(lift {_pct(pe['rel_lift'])}, CI {_pct_ci(pe['rel_lift_ci'])})"
             )
     if data_problem:
         return {"verdict": "hold", "reasons": reasons, "blocking": blocking, "days_needed": None}

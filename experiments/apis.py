@@ -309,7 +309,7 @@ class AnalysisListApi(APIView):
     permission_classes = [IsOperator]
 
     class InputSerializer(serializers.Serializer):
-        source = serializers.ChoiceField(
+        source = serializers.ChoiceField(  # type: ignore[assignment]  # DRF pops declared fields
             choices=AnalysisRun.Source.choices, default=AnalysisRun.Source.DATABASE
         )
         run_async = serializers.BooleanField(
@@ -462,6 +462,7 @@ class ReadoutDownloadApi(APIView):
             raise Http404("readouts come as html, csv or json")
         experiment = _experiment(key)
         analysis_id = request.query_params.get("analysis")
+        run: AnalysisRun | None
         if analysis_id:
             if not analysis_id.isdigit():
                 raise ApplicationError("analysis must be an id", field="analysis")

@@ -243,7 +243,7 @@ def experiment_design(experiment: Experiment) -> dict[str, Any]:
         "hypothesis": experiment.hypothesis,
         "treatment_stack": experiment.treatment_stack.label,
         "controls": experiment.controls,
-        "allocation_version": experiment.allocation.version if experiment.allocation_id else None,
+        "allocation_version": experiment.allocation.version if experiment.allocation is not None else None,
         "salt": experiment.salt,
         "window_start": experiment.window_start.isoformat(),
         "window_end": experiment.window_end.isoformat() if experiment.window_end else None,

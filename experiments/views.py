@@ -31,6 +31,7 @@ def experiment_readout(request: HttpRequest, key: str) -> HttpResponse:
         Experiment.objects.select_related("surface", "treatment_stack", "allocation"), key=key
     )
     analysis_id = request.GET.get("analysis", "")
+    run: AnalysisRun | None
     if analysis_id.isdigit():
         run = get_object_or_404(AnalysisRun, pk=int(analysis_id), experiment=experiment)
     else:
