@@ -240,6 +240,14 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
               for i in range(args.router_requests)]  # fmt: skip
     table.append((f"router overhead (assign + log), in process, {args.router_requests} requests",
                   f"p50 {pct(router, 50):.3f} ms, p99 {pct(router, 99):.3f} ms", "", "p99 ≤ 1 ms"))  # fmt: skip
+    from django.test.utils import override_settings
+
+    # The same with the allocation check cached for 1 s (a fleet polling the published config).
+    with override_settings(SERVING_CONFIG_TTL_S=1.0):
+        router = [rank_request(surface_key="pages", unit_id=f"u{i % n_users}")["timings"]["router_ms"]
+                  for i in range(args.router_requests)]  # fmt: skip
+    table.append(("  same, allocation check cached 1 s (SERVING_CONFIG_TTL_S=1)",
+                  f"p50 {pct(router, 50):.3f} ms, p99 {pct(router, 99):.3f} ms", "", ""))  # fmt: skip
 
     # 2. The rank endpoint under gunicorn.
     port = free_port()

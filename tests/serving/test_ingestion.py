@@ -258,12 +258,18 @@ def test_copy_path_on_postgresql(postgres, known_units):
 
     from experiments.ingestion import ingest_metric_columns
 
+    odd = ["team,a", 'say "hi"']  # CSV needs quoting for these
+    Exposure.objects.bulk_create(
+        Exposure(surface=known_units, salt="s1", unit_id=u, arm="control", population="content_first",
+                 stack="content-first@1", allocation_version=1, first_exposed_at=NOW)
+        for u in odd
+    )  # fmt: skip
     n = 5000
     with CaptureQueriesContext(connection):
         result = ingest_metric_columns(
             surface=known_units,
             client_batch_id="copy-1",
-            unit_ids=[f"u{i % 10}" for i in range(n)],
+            unit_ids=[odd[i % 2] if i % 100 == 0 else f"u{i % 10}" for i in range(n)],
             days=[_day(-1)] * n,
             metrics=["time_spent"] * n,
             values=[float(i) for i in range(n)],
@@ -272,6 +278,7 @@ def test_copy_path_on_postgresql(postgres, known_units):
     assert result.batch.accepted == n and result.written == n
     assert MetricObservation.objects.filter(batch=result.batch).count() == n
     assert sum(MetricObservation.objects.values_list("value", flat=True)) == pytest.approx(n * (n - 1) / 2)
+    assert MetricObservation.objects.filter(unit_id__in=odd).count() == 50
 
 
 @pytest.mark.sqlite_path
