@@ -18,7 +18,7 @@ Knobs (Django setting, else environment variable, else default):
 ``SERVING_SHADOW_TIMEOUT_MS``         deadline of the shadow stack (default 2 × its SLO)
 ``SERVING_SHADOW_EXPIRES_S``          a shadow task not started within this is dropped (60)
 ``SERVING_MAX_CONTEXT_BYTES``         larger request contexts get 413 (4096)
-``SERVING_CONFIG_TTL_S``              skip the per-request allocation check for this long (0)
+``SERVING_CONFIG_TTL_S``              re-check the cached allocation at most this often (1; pytest 0)
 ``SERVING_LOG_MODE``                  ``sync`` (write in the request) or ``background`` (sync)
 ``SERVING_LOG_FLUSH_MS``              background writer interval (200)
 ``SERVING_IMPRESSION_LOG_SHARE``      share of requests whose ranked list is logged (1.0)

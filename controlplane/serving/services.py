@@ -480,6 +480,7 @@ def simulate_traffic(
     shadow_payloads: list[dict[str, Any]] = []
     if shadow not in {"inline", "enqueue"}:
         raise ApplicationError("shadow must be 'inline' or 'enqueue'", field="shadow")
+    route_cache.get(surface_key, fresh=True)  # the allocation as of now, then fixed for the run
     with registry.with_effects(effects_by_stack), deferred_logging(), route_cache.pinned():
         for index, (user, n) in enumerate(zip(user_list, sessions, strict=True)):
             for s in range(int(n)):

@@ -183,3 +183,22 @@ def test_exploration_logs_propensities(seeded, stacks, settings):
     # Same ten posts, shuffled; below the explored block the order is untouched.
     assert sorted(top) == sorted(r.post_id for r in logged[:10]) and top != [r.post_id for r in logged[:10]]
     assert [i["post_id"] for i in unexplored["items"][10:]] == [r.post_id for r in logged[10:]]
+
+
+def test_allocation_check_interval(seeded, stacks, settings):
+    from controlplane.serving.routing import route_cache
+    from controlplane.serving.services import rank_request
+
+    settings.SERVING_CONFIG_TTL_S = 3600  # a serving process re-checks at most this often
+    assert rank_request(surface_key="pages", unit_id="u1")["allocation_version"] == 1
+    registry_services.allocation_change(
+        surface=seeded["pages"],
+        actor="system:test",
+        reason="ramp",
+        treatment_stack=seeded["unified"],
+        treatment_bp=10_000,
+    )
+    assert rank_request(surface_key="pages", unit_id="u1")["allocation_version"] == 1  # cached
+    route_cache.get("pages", fresh=True)
+    body = rank_request(surface_key="pages", unit_id="u1")
+    assert body["allocation_version"] == 2 and body["stack"] == "unified-mtl@1"
