@@ -42,9 +42,5 @@ for module in (
     if find_spec(module) is not None:
         urlpatterns.append(path("", include(module)))
 
-# Login/logout (the web app may override these templates); fallback home page below.
+# Login/logout (rate-limited login; templates live with the web UI).
 urlpatterns.append(path("accounts/", include("controlplane.account_urls")))
-if find_spec("controlplane.web.urls") is None:
-    from controlplane import views
-
-    urlpatterns.append(path("", views.home, name="home"))

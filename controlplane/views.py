@@ -1,14 +1,11 @@
-"""Login (rate-limited) and the fallback home page."""
+"""Login, rate-limited per client address."""
 
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-
-from controlplane import selectors
 
 LOGIN_ATTEMPTS_PER_MINUTE = 10
 
@@ -40,8 +37,3 @@ class RateLimitedLoginView(auth_views.LoginView):
             response["Retry-After"] = "60"
             return response
         return super().post(request, *args, **kwargs)
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "controlplane/home.html", {"surfaces": selectors.surface_list()})
