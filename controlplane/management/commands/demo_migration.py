@@ -168,7 +168,14 @@ class Command(BaseCommand):
             now = dt.datetime.combine(day, dt.time(23, 59), tzinfo=dt.UTC)
             outcomes = self.tick(now, options)
             for o in outcomes:
-                self.say(f"tick {now:%Y-%m-%d}: {o['surface']} {o['before']} → {o['after']} ({o['outcome']})")
+                rb = runbook_of.get(str(o["surface"]))
+                why = ""
+                if rb is not None and o["outcome"] not in ("advance",):
+                    rb.refresh_from_db()
+                    why = f" — {rb.status_reason}" if rb.status_reason else ""
+                self.say(
+                    f"tick {now:%Y-%m-%d}: {o['surface']} {o['before']} → {o['after']} ({o['outcome']}){why}"
+                )
             for key, rb in runbook_of.items():
                 rb.refresh_from_db()
                 if rb.status == Runbook.Status.WAITING_APPROVAL:
