@@ -117,8 +117,8 @@ class StepInput(serializers.Serializer):
     name = serializers.CharField(max_length=60)
     treatment_bp = serializers.IntegerField(min_value=0, max_value=10000)
     shadow_bp = serializers.IntegerField(min_value=0, max_value=10000, default=0)
-    min_duration_s = serializers.IntegerField(min_value=0, default=86400)
-    min_units = serializers.IntegerField(min_value=0, default=0)
+    min_duration_s = serializers.IntegerField(min_value=0, max_value=365 * 86400, default=86400)
+    min_units = serializers.IntegerField(min_value=0, max_value=10**9, default=0)
     needs_approval = serializers.BooleanField(default=False)
     gates = serializers.DictField(required=False)
 
@@ -141,13 +141,17 @@ class RunbookListApi(APIView):
         target_stack = serializers.CharField(help_text="key@version of a unified stack")
         name = serializers.CharField(max_length=160, required=False, default="")
         template = serializers.SlugField(required=False, allow_null=True, default=None)
-        steps = StepInput(many=True, required=False, allow_null=True, default=None)
+        steps = serializers.ListField(
+            child=StepInput(), min_length=1, required=False, allow_null=True, default=None
+        )
         milestone = serializers.SlugField(required=False, allow_null=True, default=None)
-        depends_on = serializers.IntegerField(required=False, allow_null=True, default=None)
+        depends_on = serializers.IntegerField(
+            min_value=1, max_value=2**31 - 1, required=False, allow_null=True, default=None
+        )
         depends_on_bp = serializers.IntegerField(min_value=1, max_value=10000, default=5000)
-        depends_on_hold_s = serializers.IntegerField(min_value=0, default=86400)
+        depends_on_hold_s = serializers.IntegerField(min_value=0, max_value=365 * 86400, default=86400)
         check_interval_s = serializers.IntegerField(
-            min_value=10, required=False, allow_null=True, default=None
+            min_value=10, max_value=86400, required=False, allow_null=True, default=None
         )
         promotion_needs_approval = serializers.BooleanField(required=False, allow_null=True, default=None)
         reason = serializers.CharField(required=False, allow_blank=True, default="")
@@ -227,7 +231,7 @@ class RunbookStepsApi(APIView):
     permission_classes = [IsOperator]
 
     class InputSerializer(serializers.Serializer):
-        steps = StepInput(many=True)
+        steps = serializers.ListField(child=StepInput(), min_length=1)
         reason = serializers.CharField(max_length=2000)
 
     @extend_schema(operation_id="runbooks_steps_update", request=InputSerializer, responses=RunbookOutput)
@@ -323,7 +327,7 @@ class RunbookJumpApi(_RunbookActionApi):
 
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
-        to_step = serializers.IntegerField(min_value=0)
+        to_step = serializers.IntegerField(min_value=0, max_value=1000)
 
     def call(self, runbook: Runbook, request: Request, data: dict[str, Any]) -> None:
         services.runbook_jump(
@@ -436,9 +440,11 @@ class RunbookTemplateListApi(APIView):
         key = serializers.SlugField(max_length=64)
         name = serializers.CharField(max_length=120)
         description = serializers.CharField(required=False, allow_blank=True, default="")
-        steps = StepInput(many=True, required=False, allow_null=True, default=None)
+        steps = serializers.ListField(
+            child=StepInput(), min_length=1, required=False, allow_null=True, default=None
+        )
         promotion_needs_approval = serializers.BooleanField(default=True)
-        check_interval_s = serializers.IntegerField(min_value=10, default=60)
+        check_interval_s = serializers.IntegerField(min_value=10, max_value=86400, default=60)
 
     @extend_schema(operation_id="runbook_templates_list", responses=TemplateOutput(many=True))
     def get(self, request: Request) -> Response:
@@ -494,12 +500,18 @@ class CapacityConfigApi(APIView):
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
         headroom = serializers.FloatField(min_value=0, max_value=5, required=False)
-        gpu_replica_cost_per_hour = serializers.FloatField(min_value=0, required=False)
-        cpu_replica_cost_per_hour = serializers.FloatField(min_value=0, required=False)
-        host_cpu_cores_per_gpu_replica = serializers.FloatField(min_value=0.01, required=False)
-        min_replicas = serializers.IntegerField(min_value=0, required=False)
-        max_gpu_replicas = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-        max_cpu_replicas = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+        gpu_replica_cost_per_hour = serializers.FloatField(min_value=0, max_value=1e6, required=False)
+        cpu_replica_cost_per_hour = serializers.FloatField(min_value=0, max_value=1e6, required=False)
+        host_cpu_cores_per_gpu_replica = serializers.FloatField(
+            min_value=0.01, max_value=1024, required=False
+        )
+        min_replicas = serializers.IntegerField(min_value=0, max_value=10_000, required=False)
+        max_gpu_replicas = serializers.IntegerField(
+            min_value=0, max_value=10**6, required=False, allow_null=True
+        )
+        max_cpu_replicas = serializers.IntegerField(
+            min_value=0, max_value=10**6, required=False, allow_null=True
+        )
 
     @extend_schema(operation_id="capacity_config_retrieve", responses=CapacityConfigOutput)
     def get(self, request: Request) -> Response:
@@ -548,16 +560,22 @@ class NotificationListApi(APIView):
 
     permission_classes = [IsViewer]
 
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Notification.Status.choices, required=False)
+        runbook = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False)
+
     @extend_schema(
         operation_id="runbook_notifications_list",
-        parameters=[OpenApiParameter("status", str), OpenApiParameter("runbook", int)],
+        parameters=[FilterSerializer],
         responses=NotificationOutput(many=True),
     )
     def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
         runbook = None
-        if request.query_params.get("runbook"):
-            runbook = get_object_or_404(Runbook, pk=request.query_params["runbook"])
-        rows = selectors.notification_list(status=request.query_params.get("status"), runbook=runbook)[:200]
+        if "runbook" in filters.validated_data:
+            runbook = get_object_or_404(Runbook, pk=filters.validated_data["runbook"])
+        rows = selectors.notification_list(status=filters.validated_data.get("status"), runbook=runbook)[:200]
         return Response(NotificationOutput(rows, many=True).data)
 
 
