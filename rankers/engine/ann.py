@@ -66,8 +66,8 @@ class HNSWIndex:
         cls,
         vectors: np.ndarray,
         m: int = 16,
-        ef_construction: int = 200,
-        ef: int = 600,
+        ef_construction: int = 100,
+        ef: int = 800,
         num_threads: int = 2,
         seed: int = 100,
     ) -> HNSWIndex:

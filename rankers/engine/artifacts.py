@@ -15,7 +15,6 @@ feature store holds the observable data the stacks read at serving time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -32,26 +31,15 @@ from rankers.engine.features import (
     INTEREST_FIRST_FEATURES,
     SPARSE_FEATURES,
 )
+from rankers.engine.manifest import MANIFEST, ArtifactError, read_manifest, sha256_file, verify
 from rankers.engine.nets import LogisticActions, MTLConfig, MTLModel, MTLPredictor
 from rankers.engine.stacks import ContentFirstStack, InterestFirstStack, Pass0Model, UnifiedMTLStack
 from rankers.engine.two_tower import TwoTowerRetriever, load_state, save_state
 from rankers.engine.value import ValueModelRegistry
 from rankers.engine.world import World
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-class ArtifactError(RuntimeError):
-    pass
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["MANIFEST", "ArtifactError", "load_stack", "read_manifest", "save_stacks", "sha256_file", "verify"]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -215,22 +203,6 @@ def export_mtl(predictor: MTLPredictor, path: Path) -> Path:
 
 def load_exported(path: Path) -> torch.nn.Module:
     return torch.export.load(str(path)).module()
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / MANIFEST).read_text())
-
-
-def verify(directory: Path) -> dict[str, Any]:
-    """Check every file against the manifest's sha256; raise :class:`ArtifactError` on mismatch."""
-    manifest = read_manifest(directory)
-    for name, digest in manifest["files"].items():
-        path = Path(directory) / name
-        if not path.exists():
-            raise ArtifactError(f"{path} is missing")
-        if sha256_file(path) != digest:
-            raise ArtifactError(f"{path} does not match its sha256 in {MANIFEST}")
-    return manifest
 
 
 def artifact_dir(out_dir: Path, world: World, kind: str) -> Path:

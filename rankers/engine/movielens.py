@@ -131,3 +131,23 @@ def run_ml100k(path: Path, cfg: TwoTowerConfig | None = None) -> MovieLensReport
         n_items=table.n_items,
         train_seconds=seconds,
     )
+
+
+def main() -> int:
+    """``python -m rankers.engine.movielens``: leave-last-out Recall@20 / NDCG@10 on ML-100k."""
+    import json
+
+    import torch
+
+    torch.set_num_threads(2)
+    path = locate_ml100k(install=True)
+    if path is None:
+        print(f"MovieLens-100k not found: pip install --no-deps {RECBOLE_REQUIREMENT}")
+        return 1
+    report = run_ml100k(path)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

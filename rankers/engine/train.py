@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    cpu_start = time.process_time()
     world = World.build(WorldConfig.named(args.world, seed=args.seed))
     print(f"built world {args.world} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     trained = train_all(world, TrainConfig.for_world(world.config), progress=not args.quiet)
@@ -112,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"saved {kind}: {args.out / world.config.name / kind} sha256={m['sha256'][:16]}… key={m['stack_key']}"
         )
-    print(f"total wall time (world + training + parity + save): {time.perf_counter() - start:.1f}s")
+    cpu = time.process_time() - cpu_start
+    wall = time.perf_counter() - start
+    # On a shared machine wall time includes waiting for other processes; CPU seconds / threads is
+    # the wall time this run would take with the cores to itself.
+    print(f"total wall time (world + training + parity + save): {wall:.1f}s; process CPU {cpu:.1f}s")
     return 0
 
 

@@ -61,22 +61,23 @@ from rankers.engine.world import ACTIONS, FORMATS, HEADS, FeatureStore, World, W
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
-    bootstrap_requests: int = 8_000
-    legacy_requests: int = 8_000  # per legacy stack
+    bootstrap_requests: int = 6_000
+    legacy_requests: int = 6_000  # per legacy stack
     two_tower: TwoTowerConfig = field(
         default_factory=lambda: TwoTowerConfig(
             dim=32, id_dim=16, hidden=64, temperature=0.07, epochs=3, batch_size=1024, lr=0.005
         )
     )
     mtl_epochs: int = 2
-    mtl_batch_size: int = 1024
+    mtl_batch_size: int = 2048
+    mtl_lr: float = 2e-3
     mtl_architecture: str = "shared_bottom"
     mtl_bottom: tuple[int, ...] = (256, 128)
-    pass0_users: int = 300
-    eval_users: int = 300
+    pass0_users: int = 120
+    eval_users: int = 150
     ndcg_k: tuple[int, ...] = (10, 50)
     holdout_fraction: float = 0.1
-    hnsw_ef: int = 600
+    hnsw_ef: int = 800
     seed: int = 11
 
     @classmethod
@@ -89,6 +90,7 @@ class TrainConfig:
                     dim=32, id_dim=16, hidden=64, temperature=0.07, epochs=4, batch_size=512, lr=0.005
                 ),
                 mtl_batch_size=512,
+                mtl_lr=2e-3,
                 pass0_users=80,
                 eval_users=120,
             )
@@ -281,6 +283,7 @@ def train_all(
         bottom=tc.mtl_bottom,
         epochs=tc.mtl_epochs,
         batch_size=tc.mtl_batch_size,
+        lr=tc.mtl_lr,
         seed=tc.seed + 5,
     )
     train_mask = ~holdout

@@ -255,7 +255,7 @@ def train_two_tower(
     model = TwoTowerModel(
         table.n_users, table.n_items, user_dense, item_dense, table.item_category_sizes, cfg
     )
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opts = [torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
     n = len(table)
     if n < 2:
         raise ValueError("need at least two interactions to train with in-batch negatives")
@@ -289,9 +289,11 @@ def train_two_tower(
             dup = (i[None, :] == i[:, None]) & ~torch.eye(len(i), dtype=torch.bool)
             logits = logits.masked_fill(dup, -1e9)
             loss = nn.functional.cross_entropy(logits, torch.arange(len(i)))
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            for opt in opts:
+                opt.step()
             step += 1
             loss_value = float(loss.detach())
             history.append(loss_value)

@@ -117,11 +117,15 @@ def _ols(x: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> np.ndarray:
     return np.linalg.solve(x.T @ x + np.diag(penalty), x.T @ y)
 
 
+# Sign constraints of the value model: positive actions add value, hide and report subtract it.
+WEIGHT_SIGNS: dict[str, int] = {"like": 1, "comment": 1, "share": 1, "hide": -1, "report": -1, "dwell": 1}
+
+
 def fit_survey_weights(
     predictions: np.ndarray,
     answers: np.ndarray,
     prior: dict[str, float] | None = None,
-    shrinkage_grid: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0),
+    shrinkage_grid: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0),
     folds: int = 5,
     seed: int = 0,
 ) -> SurveyFit:
@@ -131,62 +135,78 @@ def fit_survey_weights(
     − sigmoid(b)), i.e. the answer rate is linear in the action probabilities, so OLS slopes are
     the value weights (up to a common scale) and V = Σ w_k Y_k stays linear.
 
-    Without ``prior``: answer = a + Σ_k w_k Y_k + ε (plain OLS, standard errors σ̂²(XᵀX)⁻¹ as in
-    statsmodels OLS). With ``prior`` (the parent version's weights) the predictions are highly
-    collinear and survey samples small, so the fit is shrunk toward the parent's *direction*:
-    answer = a + s·(Y·w_parent) + Σ_k δ_k Y_k + ε with ridge penalty λ‖δ‖² (a, s unpenalized),
-    λ picked by ``folds``-fold cross-validated squared error over ``shrinkage_grid``; the proposal
-    is w = s·w_parent + δ. λ = 0 is plain OLS; large λ returns the parent's direction rescaled.
+    Without ``prior``: plain OLS, answer = a + Σ_k w_k Y_k + ε, standard errors σ̂²(XᵀX)⁻¹
+    (statsmodels OLS gives the same numbers).
+
+    With ``prior`` (the parent version's weights): predictions are collinear and surveys few, so
+    the proposal is a sign-constrained ridge fit shrunk toward the parent's *direction*:
+
+        c = OLS slope of the answer on V_parent = Y·w_parent     (the parent's scale)
+        ŵ = argmin_w ‖y − a − Y w‖² / n + λ ‖(w − c·w_parent)/σ_w‖²
+            subject to sign(w_k) = WEIGHT_SIGNS[k] (or 0)
+
+    with σ_w = 1/sd(Y_k) so the penalty is in standardized units, solved as bounded least squares
+    (scipy.optimize.lsq_linear on the stacked ridge system), λ picked by ``folds``-fold
+    cross-validated squared error over ``shrinkage_grid``. Standard errors are the unconstrained
+    OLS ones (diagnostic only).
     """
+    from scipy.optimize import lsq_linear
+
     y = np.asarray(answers, dtype=np.float64)
     yhat = np.asarray(predictions, dtype=np.float64)
     n, k = yhat.shape
     if n <= k + 2:
         raise ValueError(f"need more than {k + 2} survey answers, got {n}")
+    x = np.column_stack([np.ones(n), yhat])
+    ols = _ols(x, y, np.full(k + 1, 1e-9))
+    resid = y - x @ ols
+    sigma2 = float(resid @ resid) / (n - k - 1)
+    se = np.sqrt(np.diag(np.linalg.inv(x.T @ x + 1e-9 * np.eye(k + 1))) * sigma2)
     if prior is None:
-        x = np.column_stack([np.ones(n), yhat])
-        penalty = np.full(x.shape[1], 1e-9)
-        grid: tuple[float, ...] = (0.0,)
-        w_parent = np.zeros(k)
-    else:
-        w_parent = np.array([prior[h] for h in HEADS], dtype=np.float64)
-        x = np.column_stack([np.ones(n), yhat @ w_parent, yhat])
-        grid = shrinkage_grid
+        r2 = 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
+        return SurveyFit(
+            weights={h: float(ols[i + 1]) for i, h in enumerate(HEADS)},
+            intercept=float(ols[0]),
+            std_errors={h: float(se[i + 1]) for i, h in enumerate(HEADS)},
+            r2=r2,
+            n=n,
+        )
+
+    w_parent = np.array([prior[h] for h in HEADS], dtype=np.float64)
+    v_parent = yhat @ w_parent
+    cov = np.cov(v_parent, y)
+    scale = float(cov[0, 1] / cov[0, 0]) if cov[0, 0] > 0 else 0.0
+    target = max(scale, 0.0) * w_parent
+    sd = np.where(yhat.std(0) > 1e-12, yhat.std(0), 1.0)
+    signs = np.array([WEIGHT_SIGNS[h] for h in HEADS])
+    lower = np.r_[-np.inf, np.where(signs > 0, 0.0, -np.inf)]
+    upper = np.r_[np.inf, np.where(signs > 0, np.inf, 0.0)]
+
+    def solve(rows: np.ndarray, lam: float) -> np.ndarray:
+        xs, ys = x[rows] / np.sqrt(rows.sum()), y[rows] / np.sqrt(rows.sum())
+        pen = np.sqrt(lam) * np.column_stack([np.zeros(k), np.diag(sd)])
+        a = np.vstack([xs, pen])
+        b = np.r_[ys, np.sqrt(lam) * sd * target]
+        return lsq_linear(a, b, bounds=(lower, upper), method="bvls").x
+
     rng = np.random.default_rng(seed)
     fold = rng.integers(0, folds, size=n)
     cv: dict[str, float] = {}
-    for lam in grid:
-        penalty = (
-            np.r_[1e-9, 1e-9, np.full(k, lam + 1e-9)] if prior is not None else np.full(x.shape[1], 1e-9)
-        )
+    for lam in shrinkage_grid:
         err = 0.0
         for f in range(folds):
-            tr, te = fold != f, fold == f
-            beta = _ols(x[tr], y[tr], penalty)
+            beta = solve(fold != f, lam)
+            te = fold == f
             err += float(((y[te] - x[te] @ beta) ** 2).sum())
         cv[str(lam)] = err / n
-    best = min(grid, key=lambda lam: cv[str(lam)])
-    penalty = np.r_[1e-9, 1e-9, np.full(k, best + 1e-9)] if prior is not None else np.full(x.shape[1], 1e-9)
-    beta = _ols(x, y, penalty)
+    best = min(shrinkage_grid, key=lambda lam: cv[str(lam)])
+    beta = solve(np.ones(n, dtype=bool), best)
     resid = y - x @ beta
-    dof = n - x.shape[1]
-    sigma2 = float(resid @ resid) / dof
-    cov = np.linalg.inv(x.T @ x + np.diag(penalty)) * sigma2
-    if prior is None:
-        w = beta[1:]
-        se = np.sqrt(np.diag(cov)[1:])
-        scale = 0.0
-    else:
-        scale = float(beta[1])
-        w = scale * w_parent + beta[2:]
-        # Var(s·w_parent + δ) = J Cov J' with J = [w_parent | I] over (s, δ).
-        jac = np.column_stack([w_parent, np.eye(k)])
-        se = np.sqrt(np.diag(jac @ cov[1:, 1:] @ jac.T))
     r2 = 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
     return SurveyFit(
-        weights={h: float(w[i]) for i, h in enumerate(HEADS)},
+        weights={h: float(beta[i + 1]) for i, h in enumerate(HEADS)},
         intercept=float(beta[0]),
-        std_errors={h: float(se[i]) for i, h in enumerate(HEADS)},
+        std_errors={h: float(se[i + 1]) for i, h in enumerate(HEADS)},
         r2=r2,
         n=n,
         shrinkage=float(best),

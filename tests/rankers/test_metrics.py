@@ -95,3 +95,20 @@ def test_value_registry_is_append_only_and_round_trips():
         ValueWeights("v3", {"like": 1.0})
     y = np.array([[0.1, 0.01, 0.01, 0.05, 0.0, 2.0]])
     assert reg.get("v1").score(y)[0] == pytest.approx(0.1 + 0.02 + 0.03 - 0.2 + 0.4)
+
+
+def test_survey_fit_respects_the_value_model_signs():
+    rng = np.random.default_rng(4)
+    n = 3000
+    y_pred = np.column_stack([rng.beta(1, 12, n) for _ in range(5)] + [rng.normal(1.5, 0.5, n)])
+    # Data in which hides look *good* and comments look bad: the proposal must still keep
+    # hide ≤ 0 and comment ≥ 0 (the value model's contract), at the bound.
+    answers = (
+        rng.random(n) < np.clip(0.3 + 0.8 * y_pred[:, 3] - 0.8 * y_pred[:, 1] + 0.5 * y_pred[:, 0], 0, 1)
+    ).astype(float)
+    prior = {"like": 1.0, "comment": 2.0, "share": 3.0, "hide": -4.0, "report": -8.0, "dwell": 0.2}
+    fit = fit_survey_weights(y_pred, answers, prior=prior)
+    assert fit.weights["hide"] <= 0 and fit.weights["report"] <= 0
+    assert min(fit.weights["like"], fit.weights["comment"], fit.weights["share"], fit.weights["dwell"]) >= 0
+    assert fit.weights["like"] > 0
+    assert set(fit.cv_mse) == {"0.0", "0.01", "0.1", "1.0", "10.0", "100.0"}

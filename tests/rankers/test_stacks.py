@@ -65,13 +65,14 @@ def test_build_stack_returns_the_trained_stacks(stacks, small_world):
 
 def test_injected_latency_is_reported(stacks):
     slow = stacks["unified_mtl"].with_effects(Effects(extra_latency_ms=20.0), stack_key="unified_mtl@slow")
-    fast_ms = stacks["unified_mtl"].rank(RankRequest(2, "pages")).total_ms
     result = slow.rank(RankRequest(2, "pages"))
-    assert result.stage_timings_ms["injected_latency"] == 20.0
-    assert result.total_ms >= 20.0
+    t = result.stage_timings_ms
+    assert t["injected_latency"] == 20.0
+    measured = sum(v for k, v in t.items() if k not in ("total", "injected_latency"))
+    assert result.total_ms >= 20.0 + 0.99 * measured
     assert result.stack_key == "unified_mtl@slow"
     assert stacks["unified_mtl"].effects == Effects()  # the original is untouched
-    assert fast_ms < result.total_ms
+    assert "injected_latency" not in stacks["unified_mtl"].rank(RankRequest(2, "pages")).stage_timings_ms
 
 
 # ---------------------------------------------------------------- pass contracts
@@ -192,7 +193,9 @@ def test_value_model_versions_from_the_survey(trained):
     vm = trained.metrics["value_model"]
     v1, v2 = vm["versions"][:2]
     assert v1["source"] == "hand_set" and v2["source"] == "survey_fit" and v2["parent"] == "v1"
-    assert v2["weights"]["hide"] < 0 and v2["weights"]["report"] < 0
+    # Sign constraints of the survey fit: negative actions never add value, positive never subtract.
+    assert v2["weights"]["hide"] < 0 and v2["weights"]["report"] <= 0
+    assert all(v2["weights"][h] >= 0 for h in ("like", "comment", "share", "dwell"))
     assert v2["diagnostics"]["n"] > 500
     # λ_k (loss weights) live in the MTL config, not in the value model.
     assert trained.mtl_config.loss_weights != v2["weights"]
