@@ -166,3 +166,26 @@ def test_openapi_documents_the_runbook_api(client):
         "program_progress",
         "runbooks_tick",
     } <= ops
+
+
+def test_ramps_tick_command(seeded, users, scripted_analysis, scripted_parity, settings):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from migrations_runbooks import services
+
+    settings.DEMO_MODE = True
+    rb = services.runbook_create(
+        surface=seeded["pages"],
+        target_stack=seeded["unified"],
+        actor=users["operator"],
+        now=T0,
+        steps=fast_steps(),
+    )
+    services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=T0)
+    out = StringIO()
+    call_command("ramps_tick", "--now", (T0 + DAY).isoformat(), stdout=out)
+    assert "advance" in out.getvalue()
+    rb.refresh_from_db()
+    assert rb.current_step == 1 and "1 runbook(s) evaluated" in out.getvalue()
