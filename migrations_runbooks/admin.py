@@ -35,7 +35,7 @@ class RampStepInline(admin.TabularInline):
     model = RampStep
     extra = 0
     can_delete = False
-    fields = [
+    fields = (
         "index",
         "name",
         "treatment_bp",
@@ -44,7 +44,7 @@ class RampStepInline(admin.TabularInline):
         "min_units",
         "needs_approval",
         "started_at",
-    ]
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: Any, obj: Any = None) -> bool:
@@ -62,7 +62,7 @@ class GateResultInline(admin.TabularInline):
     model = GateResult
     extra = 0
     can_delete = False
-    fields = ["gate", "subject", "outcome", "value", "threshold", "comparator", "reason"]
+    fields = ("gate", "subject", "outcome", "value", "threshold", "comparator", "reason")
     readonly_fields = fields
 
     def has_add_permission(self, request: Any, obj: Any = None) -> bool:

@@ -251,7 +251,7 @@ class RunbookStepsApi(APIView):
 class _RunbookActionApi(APIView):
     """POST {reason} → one state-machine service call; the response is the runbook after it."""
 
-    permission_classes: ClassVar[list[Any]] = [IsOperator]
+    permission_classes = [IsOperator]
     action: ClassVar[str] = ""
 
     class InputSerializer(serializers.Serializer):
@@ -370,7 +370,7 @@ class RunbookPromoteApi(_RunbookActionApi):
 class RunbookApproveApi(_RunbookActionApi):
     """Four-eyes: an approver who neither requested nor started the runbook."""
 
-    permission_classes: ClassVar[list[Any]] = [IsApprover]
+    permission_classes = [IsApprover]
     action = "approve"
 
     @_action_schema("approve")
@@ -379,7 +379,7 @@ class RunbookApproveApi(_RunbookActionApi):
 
 
 class RunbookRejectApi(_RunbookActionApi):
-    permission_classes: ClassVar[list[Any]] = [IsApprover]
+    permission_classes = [IsApprover]
     action = "reject"
 
     @_action_schema("reject")

@@ -200,7 +200,7 @@ def runbook_detail(*, runbook: Runbook, now: dt.datetime | None = None) -> dict[
         "promotion_needs_approval": rb.promotion_needs_approval,
         "depends_on": {
             "runbook": rb.depends_on_id,
-            "surface": rb.depends_on.surface.key,
+            "surface": rb.depends_on.surface.key if rb.depends_on else None,
             "bp": rb.depends_on_bp,
             "hold_s": rb.depends_on_hold_s,
             "met": dep_ok,
@@ -315,7 +315,7 @@ def _program_point(
     def on_target(label: str | None) -> bool:
         if label is None:
             return False
-        if milestone.target_stack_id is not None:
+        if milestone.target_stack is not None:
             return label == milestone.target_stack.label
         spec = specs.get(label)
         return spec is not None and spec.kind == milestone.target_kind

@@ -969,7 +969,7 @@ def runbook_approve(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
         )
     approval.status, approval.decided_by, approval.decided_at, approval.decision_reason = (
         Approval.Status.APPROVED,
-        actor,
+        _user_or_none(actor),
         now,
         reason,
     )
@@ -1005,7 +1005,7 @@ def runbook_reject(*, runbook: Runbook, actor: Actor, reason: str, now: dt.datet
         raise ConflictError(f"runbook {rb.pk} has no approval waiting")
     approval.status, approval.decided_by, approval.decided_at, approval.decision_reason = (
         Approval.Status.REJECTED,
-        actor,
+        _user_or_none(actor),
         now,
         reason,
     )
@@ -1716,6 +1716,7 @@ def runbook_promote(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
     if (
         approval is not None
         and approval.decided_by_id is not None
+        and actor is not None
         and not isinstance(actor, str)
         and approval.decided_by_id == actor.pk
     ):
