@@ -253,6 +253,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
 }
 
+# Runbook sweeper: a stored analysis younger than this is reused by a tick; one sweep stops taking
+# new ramps after this many seconds (the rest wait for the next tick, oldest first, never skipped).
+RUNBOOKS_ANALYSIS_MAX_AGE_S = float(os.environ.get("RUNBOOKS_ANALYSIS_MAX_AGE_S", "300"))
+RUNBOOKS_TICK_BUDGET_S = float(os.environ.get("RUNBOOKS_TICK_BUDGET_S", "1.5"))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
