@@ -218,6 +218,8 @@ def main() -> int:
             s = results["stacks"]["unified_mtl"][th]["stages"][stage]
             cells.append(f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}")
         rows.append([stage, *cells])
+    print("\nunified stages:")
+    print(table(rows))
     rows = [["stack", "workers x threads", "p50 ms", "p99 ms", "req/s per replica"]]
     for kind, r in results["concurrent"].items():
         rows.append(
@@ -230,8 +232,6 @@ def main() -> int:
             ]
         )
     print("\nconcurrent requests on one replica (2 request threads, 1 torch thread each):")
-    print(table(rows))
-    print("\nunified stages:")
     print(table(rows))
     rows = [["pass 1 (500 candidates)", "threads", "p50 ms", "p99 ms"]]
     for th, r in results["pass1"].items():
