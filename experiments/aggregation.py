@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from typing import Any
 from experiments.metrics import metric_components
 
 EXPOSURE_TABLE = "experiments_exposure"
-WORK_MEM = "256MB"
+WORK_MEM = os.environ.get("EXPERIMENTS_ANALYSIS_WORK_MEM", "1GB")
 METRIC_TABLE = "experiments_metricobservation"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 
@@ -211,37 +212,29 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
     exposure_table = _check_table(spec.exposure_table)
     metric_table = _check_table(spec.metric_table)
 
-    # No join: exposures and metric rows are stacked (UNION ALL) and grouped once by unit, so the
-    # plan is one scan of each table and one hash aggregate whatever the planner's estimates are
-    # (a join planned on a never-analysed table can degrade to a nested loop, quadratic in units).
+    # Per-unit pivot first (one hash aggregate over the metric rows), then a join to the
+    # exposures and the group sums. On PostgreSQL ``run_query`` disables nested loops for the
+    # transaction: on never-analysed tables the planner's one-row estimates would otherwise pick a
+    # nested loop over the aggregate, quadratic in units.
     sql = (
-        "WITH stacked AS (\n"
-        "  SELECT e.unit_id, e.arm, e.population, e.allocation_version, date(e.first_exposed_at) AS day,\n"
-        "    CAST(NULL AS VARCHAR(64)) AS metric, CAST(NULL AS DATE) AS mday, CAST(NULL AS DOUBLE PRECISION) AS value\n"
+        "WITH units AS (\n"
+        "  SELECT e.unit_id, e.arm, e.population, e.allocation_version, date(e.first_exposed_at) AS day\n"
         f"  FROM {exposure_table} e\n"
         "  WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment')\n"
         "    AND date(e.first_exposed_at) <= %s\n"
-        "  UNION ALL\n"
-        "  SELECT m.unit_id, CAST(NULL AS VARCHAR(10)), CAST(NULL AS VARCHAR(20)), CAST(NULL AS INTEGER),\n"
-        "    CAST(NULL AS DATE), m.metric, m.day, m.value\n"
+        "),\n"
+        "p AS (\n"
+        "  SELECT m.unit_id,\n    " + ",\n    ".join(pivot_sql) + "\n"
         f"  FROM {metric_table} m\n"
         f"  WHERE m.surface_id = %s AND m.metric IN ({', '.join(['%s'] * len(keys))})\n"
         "    AND m.day >= %s AND m.day <= %s\n"
-        "),\n"
-        "p AS (\n"
-        "  SELECT MAX(m.arm) AS arm, MAX(m.population) AS population, MAX(m.day) AS day,\n"
-        "    MAX(m.allocation_version) AS allocation_version,\n    "
-        + ",\n    ".join(pivot_sql).replace("m.day >=", "m.mday >=").replace("m.day <=", "m.mday <=")
-        + "\n"
-        "  FROM stacked m\n"
         "  GROUP BY m.unit_id\n"
         "),\n"
         "j AS (\n"
-        "  SELECT p.arm, p.population, p.day, p.allocation_version,\n    "
+        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
         + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_exprs.items())
         + "\n"
-        "  FROM p\n"
-        "  WHERE p.arm IS NOT NULL\n"
+        "  FROM units u LEFT JOIN p ON p.unit_id = u.unit_id\n"
         ")\n"
         "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
@@ -249,8 +242,8 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
     )
     params = [spec.surface_id, spec.salt, window[1]]
-    params += [spec.surface_id, *keys, day_lo, day_hi]
     params += pivot_params
+    params += [spec.surface_id, *keys, day_lo, day_hi]
     return sql, params
 
 
@@ -294,12 +287,16 @@ def run_query(spec: AggregateSpec, connection: Any) -> list[dict[str, Any]]:
     sql, params = build_query(spec)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and not connection.get_autocommit():
-            # Transaction-local planner settings for this analytic query. JIT compilation of its
-            # ~30 conditional aggregates costs more than it saves (measured: 11.7 s of a 17.8 s
-            # query at 200k units), and the per-unit hash aggregate needs more than the default
-            # 4 MB work_mem to stay in memory.
+            # Transaction-local planner settings for this analytic query (measured, bench/readout.py):
+            # JIT compilation of its ~30 conditional aggregates costs more than it saves (11.7 s of
+            # a 17.8 s query at 200k units); the per-unit hash aggregate needs far more than the
+            # default 4 MB work_mem to stay in memory (1M units: ~650 MB per parallel worker); and
+            # a nested loop is never right here (both sides are full scans), while one-row
+            # estimates on never-analysed tables would choose it.
             cursor.execute(
-                "SELECT set_config('jit', 'off', true), set_config('work_mem', %s, true)", [WORK_MEM]
+                "SELECT set_config('jit', 'off', true), set_config('work_mem', %s, true), "
+                "set_config('enable_nestloop', 'off', true)",
+                [WORK_MEM],
             )
         cursor.execute(sql, params)
         names = [c[0] for c in cursor.description]
