@@ -19,7 +19,9 @@ EXACT_MAX_ITEMS = 50_000  # below this an exact matmul + argpartition is as fast
 
 class VectorIndex(Protocol):
     kind: str
-    size: int
+
+    @property
+    def size(self) -> int: ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -30,6 +30,9 @@ class LogisticActions(nn.Module):
     separable across columns (one weight vector per action).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, n_features: int, n_outputs: int) -> None:
         super().__init__()
         self.linear = nn.Linear(n_features, n_outputs)
@@ -148,6 +151,9 @@ class _BatchedHeads(nn.Module):
 class MTLModel(nn.Module):
     """Outputs raw head values (B, 6): five logits and E[log1p dwell]."""
 
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
+
     def __init__(self, cfg: MTLConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -162,7 +168,7 @@ class MTLModel(nn.Module):
             ]
         )
         for e in self.embs:
-            nn.init.normal_(e.weight, std=0.05)
+            nn.init.normal_(e.weight, std=0.05)  # type: ignore[arg-type]
         self.register_buffer("dense_mean", torch.zeros(cfg.n_dense))
         self.register_buffer("dense_std", torch.ones(cfg.n_dense))
         in_dim = (

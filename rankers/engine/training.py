@@ -107,7 +107,7 @@ class TrainedStacks:
     mtl_config: MTLConfig | None = None
     train_config: TrainConfig | None = None
 
-    def stack(self, kind: str) -> ContentFirstStack | InterestFirstStack | UnifiedMTLStack:
+    def stack(self, kind: str) -> Any:
         return {
             "content_first": self.content_first,
             "interest_first": self.interest_first,

@@ -215,7 +215,7 @@ class TwoTowerRetriever:
     def item_embeddings(self) -> np.ndarray:
         """All item vectors (cached: the corpus side is precomputed offline, as in production)."""
         if self._item_emb is None:
-            n = self.model.shapes["n_items"]
+            n = int(self.model.shapes["n_items"])  # type: ignore[call-overload]
             chunks = []
             with torch.inference_mode():
                 for lo in range(0, n, 65_536):
@@ -261,7 +261,7 @@ def train_two_tower(
         raise ValueError("need at least two interactions to train with in-batch negatives")
     freq = np.bincount(table.item, minlength=table.n_items).astype(np.float64)
     if weights is not None:
-        freq = np.bincount(table.item, weights=weights, minlength=table.n_items)
+        freq = np.bincount(table.item, weights=weights, minlength=table.n_items).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(freq, 1e-3) / freq.sum()).astype(np.float32))
     uf = None if table.user_features is None else torch.from_numpy(table.user_features.astype(np.float32))
     itf = None if table.item_features is None else torch.from_numpy(table.item_features.astype(np.float32))

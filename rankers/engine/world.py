@@ -572,7 +572,7 @@ class World:
         user_ids = np.asarray(user_ids, dtype=np.int64)
         ranked = np.asarray(ranked, dtype=np.int64)
         n_req, width = ranked.shape
-        errors = gen.random(n_req) < eff.error_rate
+        errors = np.asarray(gen.random(n_req) < eff.error_rate, dtype=bool)
         depth = np.minimum(width, 1 + gen.geometric(1.0 / cfg.mean_scroll_depth, size=n_req))
         pos = np.broadcast_to(np.arange(width), ranked.shape)
         shown = (ranked >= 0) & (pos < depth[:, None]) & ~errors[:, None]
