@@ -24,5 +24,19 @@ def test_celery_defaults_follow_the_style_guide():
     assert app.conf.worker_prefetch_multiplier == 1
     assert app.conf.task_time_limit and app.conf.task_soft_time_limit < app.conf.task_time_limit
     assert app.conf.task_reject_on_worker_lost is True
-    for entry in app.conf.beat_schedule.values():
-        assert entry["options"]["expires"] < 60
+    for name, entry in app.conf.beat_schedule.items():
+        expires = entry["options"]["expires"]
+        # A beat message must expire before the next one is sent, so a backlog never piles up.
+        minutes = entry["schedule"].minute
+        period = (
+            60
+            if len(minutes) == 60
+            else 3600
+            if len(minutes) == 1
+            else 60
+            * min(
+                (b - a) % 60 or 60
+                for a, b in zip(sorted(minutes), [*sorted(minutes)[1:], sorted(minutes)[0]], strict=True)
+            )
+        )
+        assert 0 < expires < period, (name, expires, period)
