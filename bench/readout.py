@@ -8,7 +8,9 @@ base metric, loaded with COPY):
    then the statistics engine for every metric × population, pooled results, SRM, health checks,
    the decision and the stored AnalysisRun. End to end, as a Celery task would run it.
 2. **bare scan** — one bare SQL aggregate of the same rows: ``COUNT, SUM(v), SUM(v²)`` per
-   metric over the window and pre-period days (the floor: every row read once, no per-unit work).
+   metric over the window and pre-period days (the floor: every row read once, no per-unit work);
+   and, for context, a bare per-unit ``GROUP BY unit_id`` of the same rows — the floor of any
+   unit-level analysis, since unit-level variances need each unit's totals.
 3. **pandas** — pull the same rows and the exposures into pandas (``COPY … TO STDOUT`` →
    ``read_csv``, the fastest plain route), pivot per unit, join, and compute the same sums.
 
@@ -233,6 +235,28 @@ def bare_scan(surface_id: int) -> float:
     return time.perf_counter() - t0
 
 
+def per_unit_scan(surface_id: int) -> float:
+    """The floor of any unit-level analysis: group the same rows by unit (one SUM per unit).
+
+    Unit-level variances need each unit's totals, so no correct analysis can be cheaper than
+    this grouping; run with the analysis query's session settings for a like-for-like figure.
+    """
+    from django.db import connection, transaction
+
+    from experiments.aggregation import WORK_MEM
+
+    sql = (
+        "SELECT COUNT(*), SUM(t.s) FROM (SELECT m.unit_id, SUM(m.value) AS s FROM experiments_metricobservation m "
+        "WHERE m.surface_id = %s AND m.day >= %s AND m.day <= %s GROUP BY m.unit_id) t"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('jit', 'off', true), set_config('work_mem', %s, true)", [WORK_MEM])
+        t0 = time.perf_counter()
+        cursor.execute(sql, [surface_id, PRE_DAY.isoformat(), WINDOW_START.isoformat()])
+        cursor.fetchall()
+        return time.perf_counter() - t0
+
+
 def pandas_pull(surface_id: int, salt: str) -> tuple[float, dict[tuple[str, str], dict[str, float]]]:
     """Rows → pandas → per-unit pivot → join → the same sums (window Σ, Σ², pre Σ, Σ², Σxy)."""
     import pandas as pd
@@ -309,9 +333,10 @@ def run(url: str, args: argparse.Namespace) -> None:
         version = cursor.fetchone()[0].split(",")[0]
     now = dt.datetime.combine(WINDOW_START + dt.timedelta(days=1), dt.time(6), tzinfo=dt.UTC)
     bare_scan(experiment.surface_id)  # warm the cache for everyone alike
-    analysis_s, query_s, engine_s, bare_s = [], [], [], []
+    analysis_s, query_s, engine_s, bare_s, unit_s = [], [], [], [], []
     for _ in range(args.repeat):
         bare_s.append(bare_scan(experiment.surface_id))
+        unit_s.append(per_unit_scan(experiment.surface_id))
         t0 = time.perf_counter()
         run_ = experiment_analyze(experiment=experiment, now=now)
         analysis_s.append(time.perf_counter() - t0)
@@ -338,6 +363,9 @@ def run(url: str, args: argparse.Namespace) -> None:
           f"parallel workers per gather {workers}; best of {args.repeat}")  # fmt: skip
     print(f"{'route':<44}{'seconds':>10}{'× bare scan':>14}")
     print(f"{'bare SQL aggregate scan of the same rows':<44}{best_bare:>10.2f}{1.0:>14.2f}")
+    print(
+        f"{'bare per-unit GROUP BY of the same rows':<44}{min(unit_s):>10.2f}{min(unit_s) / best_bare:>14.2f}"
+    )
     print(
         f"{'analysis (experiment_analyze, end to end)':<44}{best_analysis:>10.2f}{best_analysis / best_bare:>14.2f}"
     )
