@@ -68,7 +68,7 @@ class HNSWIndex:
         cls,
         vectors: np.ndarray,
         m: int = 16,
-        ef_construction: int = 100,
+        ef_construction: int = 200,  # 100 gave recall@500 0.943 at ef 800 on the default world; 200 gives 0.971
         ef: int = 800,
         num_threads: int = 2,
         seed: int = 100,
