@@ -68,7 +68,13 @@ def main() -> None:
     content_first = RankingStack.objects.get(key="content-first")
     t0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
     steps = [
-        {"name": "shadow", "treatment_bp": 0, "shadow_bp": 1000, "min_duration_s": 3600, "gates": {"parity": False, "latency": False}},
+        {
+            "name": "shadow",
+            "treatment_bp": 0,
+            "shadow_bp": 1000,
+            "min_duration_s": 3600,
+            "gates": {"parity": False, "latency": False},
+        },
         {"name": "50%", "treatment_bp": 5000, "min_duration_s": 86400, "min_units": 50},
         {"name": "100%", "treatment_bp": 10000, "min_duration_s": 86400},
     ]
@@ -82,9 +88,13 @@ def main() -> None:
             actor="system:bench",
             now=t0,
         )
-        rb = services.runbook_create(surface=surface, target_stack=unified, actor="system:bench", now=t0, steps=steps)
+        rb = services.runbook_create(
+            surface=surface, target_stack=unified, actor="system:bench", now=t0, steps=steps
+        )
         services.runbook_start(runbook=rb, actor="system:bench", reason="bench", now=t0)
-    services.ramps_advance_due(now=t0 + dt.timedelta(hours=2), budget_s=0)  # shadow → 50%, experiments attached
+    services.ramps_advance_due(
+        now=t0 + dt.timedelta(hours=2), budget_s=0
+    )  # shadow → 50%, experiments attached
     from controlplane.models import Surface
 
     for surface in Surface.objects.filter(key__startswith="bench-"):
@@ -126,7 +136,9 @@ def main() -> None:
     timed("mature, fresh analysis, gates decide", mature, budget_s=0, reuse_s=0)
 
     vendor = connection.vendor
-    print(f"\nbench/ramps.py — {args.ramps} running ramps, {args.units} units each, {vendor}; setup {setup_s:.1f} s")
+    print(
+        f"\nbench/ramps.py — {args.ramps} running ramps, {args.units} units each, {vendor}; setup {setup_s:.1f} s"
+    )
     print(f"{'tick':<40} {'ramps':>6} {'seconds':>9} {'ms/ramp':>8} {'queries':>8}  outcomes")
     for label, n, elapsed, queries, kinds in rows:
         per = elapsed * 1000 / n if n else 0.0

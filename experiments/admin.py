@@ -40,7 +40,16 @@ class ExperimentAdmin(ReadOnlyAdmin):
 
 @admin.register(AnalysisRun)
 class AnalysisRunAdmin(ReadOnlyAdmin):
-    list_display = ["experiment", "as_of", "source", "trigger", "verdict", "query_ms", "analysis_ms", "created_at"]
+    list_display = [
+        "experiment",
+        "as_of",
+        "source",
+        "trigger",
+        "verdict",
+        "query_ms",
+        "analysis_ms",
+        "created_at",
+    ]
     list_filter = ["verdict", "source", "trigger"]
     exclude = ["statistics"]
 

@@ -46,7 +46,9 @@ class Exposure(models.Model):
     """The first time a unit was served under an allocation salt on a surface (one row per unit)."""
 
     surface = models.ForeignKey("controlplane.Surface", on_delete=models.CASCADE, related_name="exposures")
-    salt = models.CharField(max_length=64, help_text="Allocation salt: identifies the experiment's assignment")
+    salt = models.CharField(
+        max_length=64, help_text="Allocation salt: identifies the experiment's assignment"
+    )
     unit_id = models.CharField(max_length=128)
     arm = models.CharField(max_length=10)  # holdout / control / treatment
     population = models.CharField(max_length=20)  # content_first / interest_first
@@ -55,7 +57,9 @@ class Exposure(models.Model):
     first_exposed_at = models.DateTimeField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["surface", "salt", "unit_id"], name="exposure_unit_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["surface", "salt", "unit_id"], name="exposure_unit_once")
+        ]
         indexes = [models.Index(fields=["surface", "salt", "arm"], name="exposure_arm_idx")]
 
     def __str__(self) -> str:
@@ -70,7 +74,9 @@ class MetricObservation(models.Model):
     day = models.DateField()
     metric = models.SlugField(max_length=64)
     value = models.FloatField()
-    batch = models.ForeignKey("IngestBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    batch = models.ForeignKey(
+        "IngestBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         indexes = [
