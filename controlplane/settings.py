@@ -32,8 +32,8 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
-# The embedded default (no DATABASE_URL) is the demo; a configured database is production-like.
-DEMO_MODE = env_bool("CONTROLPLANE_DEMO", default=not DATABASE_URL)
+# The embedded default (no DATABASE_URL, or a SQLite file) is the demo; PostgreSQL is production-like.
+DEMO_MODE = env_bool("CONTROLPLANE_DEMO", default=not DATABASE_URL or DATABASE_URL.startswith("sqlite"))
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
 TESTING = "pytest" in sys.modules
 
