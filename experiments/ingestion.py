@@ -44,6 +44,7 @@ import pandas as pd
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from controlplane.assignment import bucket as assignment_bucket
 from controlplane.errors import ApplicationError, ConflictError
 from controlplane.models import Allocation, Population, RankingStack, Surface
 from experiments.models import Exposure, IngestBatch, MetricDefinition, MetricObservation
@@ -647,6 +648,7 @@ def ingest_exposures(
             population=rows[i]["population"],
             stack=rows[i]["stack"],
             allocation_version=rows[i]["allocation_version"],
+            bucket=assignment_bucket(rows[i]["salt"], rows[i]["unit_id"]),
             first_exposed_at=stamps.iloc[i].to_pydatetime(),
         )
         for i in good

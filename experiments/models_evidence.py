@@ -54,6 +54,11 @@ class Exposure(models.Model):
     population = models.CharField(max_length=20)  # content_first / interest_first
     stack = models.CharField(max_length=100, help_text="Stack label that served the first request")
     allocation_version = models.PositiveIntegerField()
+    # The unit's assignment bucket under the salt, in [0, 10000). The analysis uses it to keep only
+    # units whose arm never changed since their first exposure (a monotone ramp moves control
+    # buckets into treatment; see experiments/analysis.py, "Crossover"). Null for exposures
+    # recorded before buckets were stored: those are kept as first exposed.
+    bucket = models.PositiveSmallIntegerField(null=True, blank=True)
     first_exposed_at = models.DateTimeField()
 
     class Meta:

@@ -220,6 +220,7 @@ def rank_request(
             population=assignment.population,
             stack=served,
             allocation_version=config.version,
+            bucket=assignment.bucket,
             first_exposed_at=now,
         )
     impressions: list[tuple[Any, ...]] = []

@@ -67,6 +67,7 @@ def synthesize_day(
                 population=a.population,
                 stack=a.stack,
                 allocation_version=config.version,
+                bucket=a.bucket,
                 first_exposed_at=noon,
             )
         )
