@@ -15,6 +15,16 @@ Rows are grouped by first-exposure day as well because units are disjoint across
 per-day rows ADD: the warehouse path uploads exactly these rows and the analysis sums them the
 same way (sufficient statistics of disjoint unit sets add; sums over days of one unit would not).
 
+Crossover (sticky monotone ramps). One salt serves the whole ramp, so raising the treatment share
+moves the control buckets ``[h+T_old, h+T_new)`` into treatment: a unit first exposed as control
+may later be treated. Its exposure row keeps its first arm, so counting it as control would dilute
+the comparison. Each exposure stores its bucket, and the query keeps only units whose arm never
+changed from their first exposure to the latest allocation version (:func:`stable_ranges`): for
+units first exposed under version v, treatment is kept when its bucket lies in every later
+version's treatment range, control when it lies above every later version's treatment range.
+Rows stay grouped by allocation version, because the kept share differs per version: the analysis
+estimates per first-exposure version and pools them (experiments/analysis.py, "Crossover").
+
 Conventions, documented for PMs and pinned by tests:
 - A unit with an exposure but no metric rows counts as 0 for count (mean) metrics and for both
   parts of a ratio (contributing nothing to either sum); for a proportion its value is 0.
@@ -58,6 +68,60 @@ RATIO_COVARIATE_FIELDS = (
     "den_pre_den_sum",
 )
 GROUP_FIELDS = ("arm", "population", "day", "allocation_version", "n")
+BUCKETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class StableRange:
+    """Buckets whose arm never changes after a first exposure under one allocation version.
+
+    Treatment: ``[treatment_lo, treatment_hi)``; control: ``[control_lo, 10000)``.
+    """
+
+    treatment_lo: int
+    treatment_hi: int
+    control_lo: int
+
+    @property
+    def treatment_buckets(self) -> int:
+        return max(0, self.treatment_hi - self.treatment_lo)
+
+    @property
+    def control_buckets(self) -> int:
+        return max(0, BUCKETS - self.control_lo)
+
+    @property
+    def kept_share(self) -> float:
+        """Share of a first-exposure cohort the analysis keeps (holdout and crossed units are not)."""
+        return (self.treatment_buckets + self.control_buckets) / BUCKETS
+
+    @property
+    def treatment_share(self) -> float | None:
+        """Expected treatment share of the kept units (what SRM tests against)."""
+        kept = self.treatment_buckets + self.control_buckets
+        return self.treatment_buckets / kept if kept else None
+
+
+def stable_ranges(versions: Iterable[tuple[int, int, int]]) -> dict[int, StableRange]:
+    """Per allocation version, the buckets whose arm is the same under it and every later version.
+
+    ``versions``: (version, holdout_bp, treatment_bp) of one salt. Under version v a bucket b is
+    treatment when ``h_v <= b < h_v + T_v``, control when ``b >= h_v + T_v`` (holdout below h_v,
+    served like control and never analysed). A unit first exposed under v is unaffected by the
+    ramp when its bucket is treatment (or control) under every version v' >= v, i.e. it lies in
+    ``[max h, min (h+T))`` (or ``[max (h+T), 10000)``) over those versions.
+    """
+    ordered = sorted((int(v), int(h), int(t)) for v, h, t in versions)
+    out: dict[int, StableRange] = {}
+    lo = 0
+    hi = BUCKETS
+    c_lo = 0
+    for version, holdout, treatment in reversed(ordered):
+        lo = max(lo, holdout)
+        hi = min(hi, holdout + treatment)
+        c_lo = max(c_lo, min(BUCKETS, holdout + treatment))
+        out[version] = StableRange(lo, max(lo, hi), c_lo)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +152,8 @@ class AggregateSpec:
     metrics: tuple[AggregateMetric, ...]
     pre_start: dt.date | None = None
     pre_end: dt.date | None = None
+    # Keep only units whose arm never changed (see "Crossover"); None keeps every exposure.
+    stable: Mapping[int, StableRange] | None = None
     exposure_table: str = EXPOSURE_TABLE
     metric_table: str = METRIC_TABLE
 
@@ -118,6 +184,32 @@ def _check_table(name: str) -> str:
     if not _IDENT_RE.match(name):
         raise ValueError(f"{name!r} is not a plain table name")
     return name
+
+
+def stable_filter(stable: Mapping[int, StableRange] | None, alias: str = "e") -> tuple[str, list[Any]]:
+    """The SQL condition (and its parameters) keeping exposures whose arm never changed.
+
+    Versions with identical ranges share one clause; exposures without a stored bucket, or under
+    a version the control plane does not know, are kept as first exposed.
+    """
+    if not stable:
+        return "", []
+    groups: dict[StableRange, list[int]] = {}
+    for version, rng in sorted(stable.items()):
+        groups.setdefault(rng, []).append(version)
+    clauses = [f"{alias}.bucket IS NULL"]
+    params: list[Any] = []
+    for rng, versions in groups.items():
+        marks = ", ".join(["%s"] * len(versions))
+        clauses.append(
+            f"({alias}.allocation_version IN ({marks}) AND (({alias}.arm = 'treatment' AND {alias}.bucket >= %s "
+            f"AND {alias}.bucket < %s) OR ({alias}.arm = 'control' AND {alias}.bucket >= %s)))"
+        )
+        params += [*versions, rng.treatment_lo, rng.treatment_hi, rng.control_lo]
+    known = sorted(stable)
+    clauses.append(f"{alias}.allocation_version NOT IN ({', '.join(['%s'] * len(known))})")
+    params += known
+    return "\n    AND (" + "\n      OR ".join(clauses) + ")", params
 
 
 def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
@@ -211,6 +303,7 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
     day_hi = max(window[1], pre[1]) if pre else window[1]
     exposure_table = _check_table(spec.exposure_table)
     metric_table = _check_table(spec.metric_table)
+    stable_sql, stable_params = stable_filter(spec.stable)
 
     # Per-unit pivot first (one hash aggregate over the metric rows), then a join to the
     # exposures and the group sums. On PostgreSQL ``run_query`` disables nested loops for the
@@ -221,7 +314,7 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
         "  SELECT e.unit_id, e.arm, e.population, e.allocation_version, date(e.first_exposed_at) AS day\n"
         f"  FROM {exposure_table} e\n"
         "  WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment')\n"
-        "    AND date(e.first_exposed_at) <= %s\n"
+        "    AND date(e.first_exposed_at) <= %s" + stable_sql + "\n"
         "),\n"
         "p AS (\n"
         "  SELECT m.unit_id,\n    " + ",\n    ".join(pivot_sql) + "\n"
@@ -241,7 +334,7 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
         + "\nFROM j\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
     )
-    params = [spec.surface_id, spec.salt, window[1]]
+    params = [spec.surface_id, spec.salt, window[1], *stable_params]
     params += pivot_params
     params += [spec.surface_id, *keys, day_lo, day_hi]
     return sql, params

@@ -19,6 +19,22 @@ Procedure (DESIGN.md, "Statistical conventions"):
 4. Sequential (mSPRT, always-valid) results while monitoring, chained from the previous run.
 5. SRM per population and pooled against the configured split of each allocation version
    the units were first exposed under (the split changes as a ramp advances).
+
+Crossover. A sticky monotone ramp moves control buckets into treatment under the same salt, so a
+unit first exposed as control may be treated later. The aggregate query keeps only units whose arm
+never changed (experiments/aggregation.py, :func:`~experiments.aggregation.stable_ranges`). That
+keeps, among units first exposed under version v, the treatment buckets of v that stay treatment
+and the control buckets above every later treatment range. Within each first-exposure version the
+kept treatment and control units are random subsets of the same arrival cohort, so their
+comparison is unbiased; across versions they are not (treatment over-represents the cohorts that
+arrived after the ramp widened, which have fewer days in the window). So each population's
+estimate is stratified by first-exposure version (post-stratification; Cochran 1977 §5.3, as for
+populations) with weights proportional to each cohort's estimated size,
+``(n_c,v + n_t,v) / kept_share_v`` — the estimand stays "the effect on the units that arrived in
+the window". A version stratum without a computable comparison (an arm empty, zero variance) is
+left out of the pool; the SRM expected share of a version is its kept treatment share,
+``T_kept / (T_kept + C_kept)``. Simply dropping crossed units and summing over versions would bias
+treatment toward late arrivers; measured in tests/experiments/test_crossover.py.
 6. Decision: ship / hold / rollback / extend with reasons, blocking metrics and the days
    needed at the current rate of new units (power calculation).
 """
@@ -34,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from experiments import stats
-from experiments.aggregation import AggregateMetric, metric_row
+from experiments.aggregation import AggregateMetric, StableRange, metric_row, stable_ranges
 from experiments.stats.sequential import DEFAULT_MIXTURE_SD_UNITS
 
 POOLED = "pooled"
@@ -95,6 +111,10 @@ class Design:
     splits: Mapping[int, AllocationSplit]
     has_pre_period: bool = True
 
+    def stable(self) -> dict[int, StableRange]:
+        """Per allocation version, the buckets whose arm never changed (see "Crossover")."""
+        return stable_ranges((s.version, s.holdout_bp, s.treatment_bp) for s in self.splits.values())
+
     def aggregate_metrics(self) -> tuple[AggregateMetric, ...]:
         out = []
         for m in self.metrics:
@@ -126,25 +146,68 @@ def _f(value: float | None) -> float | None:
 
 
 # -- 1. gather ----------------------------------------------------------------------------------
+Totals = dict[tuple[str, str], dict[str, float]]
+StratumTotals = dict[int, Totals]
+
+
 def _group(
     rows: Sequence[Mapping[str, Any]],
-) -> tuple[dict[tuple[str, str], dict[str, float]], dict[str, dict[str, dict[int, int]]], dict[str, int]]:
-    """Totals per (arm, population); units per population × arm × allocation version; new units per day."""
-    totals: dict[tuple[str, str], dict[str, float]] = {}
+) -> tuple[Totals, StratumTotals, dict[str, dict[str, dict[int, int]]], dict[str, int]]:
+    """Totals per (arm, population), and per first-exposure allocation version; units per
+    population × arm × version; new units per day."""
+    totals: Totals = {}
+    strata: StratumTotals = {}
     by_version: dict[str, dict[str, dict[int, int]]] = {}
     daily: dict[str, int] = {}
     for row in rows:
         arm, pop = str(row["arm"]), str(row["population"])
+        version = int(row.get("allocation_version", 0))
         bucket = totals.setdefault((arm, pop), {})
+        stratum = strata.setdefault(version, {}).setdefault((arm, pop), {})
         for key, value in row.items():
             if key in ("arm", "population", "day", "allocation_version"):
                 continue
             bucket[key] = bucket.get(key, 0.0) + float(value)
-        version = int(row.get("allocation_version", 0))
+            stratum[key] = stratum.get(key, 0.0) + float(value)
         versions = by_version.setdefault(pop, {}).setdefault(arm, {})
         versions[version] = versions.get(version, 0) + int(row["n"])
         daily[str(row["day"])] = daily.get(str(row["day"]), 0) + int(row["n"])
-    return totals, by_version, daily
+    return totals, strata, by_version, daily
+
+
+def _by_first_exposure(
+    compare: Any,
+    totals: Totals,
+    strata: StratumTotals,
+    stable: Mapping[int, StableRange],
+    pop: str,
+    alpha: float,
+) -> stats.ComparisonResult:
+    """``compare(control_totals, treatment_totals)`` stratified by first-exposure version ("Crossover").
+
+    One version (no ramp step yet) is the plain comparison. Otherwise each version with a
+    computable comparison is a stratum weighted by its cohort's estimated size; with none, the
+    plain comparison says why.
+    """
+    present = [v for v, t in sorted(strata.items()) if ("control", pop) in t or ("treatment", pop) in t]
+    if len(present) <= 1:
+        return compare(totals.get(("control", pop), {}), totals.get(("treatment", pop), {}))  # type: ignore[no-any-return]
+    results: dict[str, stats.ComparisonResult] = {}
+    weights: dict[str, float] = {}
+    for version in present:
+        t = strata[version]
+        res = compare(t.get(("control", pop), {}), t.get(("treatment", pop), {}))
+        if not res.computable:
+            continue
+        rng = stable.get(version)
+        kept = rng.kept_share if rng is not None and rng.kept_share > 0 else 1.0
+        results[f"v{version}"] = res
+        weights[f"v{version}"] = (res.n_control + res.n_treatment) / kept
+    if not results:
+        return compare(totals.get(("control", pop), {}), totals.get(("treatment", pop), {}))  # type: ignore[no-any-return]
+    if len(results) == 1:
+        return next(iter(results.values()))
+    return stats.stratified(results, weights=weights, alpha=alpha).pooled
 
 
 def _statistic(metric: AggregateMetric, totals: Mapping[str, float]) -> Any:
@@ -298,7 +361,8 @@ def _daily_new_units(daily: Mapping[str, int], as_of: dt.date) -> float:
 def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, Any]:
     """The result JSON (shape documented in CONTRACTS.md)."""
     alpha = design.alpha
-    totals, by_version, daily = _group(inputs.rows)
+    totals, strata, by_version, daily = _group(inputs.rows)
+    stable = design.stable()
     populations = [p for p in design.populations if any((a, p) in totals for a in ("control", "treatment"))]
     populations += sorted({p for (_a, p) in totals} - set(populations))
     units_by_pop = {
@@ -321,7 +385,9 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
     for metric in design.metrics:
         per_pop: dict[str, stats.ComparisonResult] = {}
         for pop in populations:
-            res = _metric_result(metric, aggregates.get(metric.key), totals, inputs, pop, alpha)
+            res = _metric_result(
+                metric, aggregates.get(metric.key), totals, strata, stable, inputs, pop, alpha
+            )
             per_pop[pop] = res
             results[(metric.key, pop)] = res
         pooled = _pooled(metric, per_pop, weights, inputs, alpha) if populations else None
@@ -346,7 +412,7 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
                 continue
             entries.append(_entry(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs))
 
-    health = _health(design, inputs, units, srm, entries, totals, aggregates, populations)
+    health = _health(design, inputs, units, srm, entries, totals, strata, aggregates, populations)
     decision = _decide(design, entries, health, srm, units, daily, inputs.as_of)
     return {
         "computed_at": computed_at,
@@ -366,7 +432,9 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
 def _metric_result(
     metric: MetricDesign,
     agg: AggregateMetric | None,
-    totals: Mapping[tuple[str, str], Mapping[str, float]],
+    totals: Totals,
+    strata: StratumTotals,
+    stable: Mapping[int, StableRange],
     inputs: Inputs,
     pop: str,
     alpha: float,
@@ -377,9 +445,14 @@ def _metric_result(
         t = samples.get(("treatment", pop), np.empty(0))
         return stats.quantile_diff(c, t, metric.quantile or 0.99, alpha)
     assert agg is not None
-    control = _statistic(agg, totals.get(("control", pop), {}))
-    treatment = _statistic(agg, totals.get(("treatment", pop), {}))
-    return _compare(metric, agg, control, treatment, alpha)
+    return _by_first_exposure(
+        lambda c, t: _compare(metric, agg, _statistic(agg, c), _statistic(agg, t), alpha),
+        totals,
+        strata,
+        stable,
+        pop,
+        alpha,
+    )
 
 
 def _pooled(
@@ -509,16 +582,18 @@ def _sequential_from_dict(data: Mapping[str, Any]) -> stats.SequentialResult | N
 
 # -- 5. SRM and health --------------------------------------------------------------------------
 def _expected_share(design: Design, versions: Mapping[str, Mapping[int, int]]) -> float | None:
-    """Expected treatment share of the units, mixing the split of each allocation version."""
+    """Expected treatment share of the analysed units, mixing the kept split of each version."""
     total = 0
     weighted = 0.0
+    stable = design.stable()
     for arm_versions in versions.values():
         for version, n in arm_versions.items():
-            split = design.splits.get(version)
-            if split is None:
+            rng = stable.get(version)
+            share = rng.treatment_share if rng is not None else None
+            if share is None:
                 continue
             total += n
-            weighted += n * split.treatment_share
+            weighted += n * share
     return weighted / total if total else None
 
 
@@ -574,7 +649,8 @@ def _health(
     units: Mapping[str, Any],
     srm: Mapping[str, Any],
     entries: Sequence[Mapping[str, Any]],
-    totals: Mapping[tuple[str, str], Mapping[str, float]],
+    totals: Totals,
+    strata: StratumTotals,
     aggregates: Mapping[str, AggregateMetric],
     populations: Sequence[str],
 ) -> list[dict[str, Any]]:
@@ -614,12 +690,17 @@ def _health(
                 "check": "both_arms",
                 "ok": share <= CROSSOVER_LIMIT,
                 "detail": (
-                    f"{crossed} of {checked} units in the request log were served by both arms"
+                    f"{crossed} of {checked} analysed units in the request log were served by both arms"
                     if inputs.crossover.get("source") == "request_log"
-                    else f"{crossed} of {checked} sampled units are now assigned to another arm than at their first "
-                    "exposure"
+                    else f"{crossed} of {checked} sampled analysed units are now assigned to another arm than at "
+                    "their first exposure"
                 )
-                + f" ({share:.2%}; limit {CROSSOVER_LIMIT:.0%})",
+                + f" ({share:.2%}; limit {CROSSOVER_LIMIT:.0%})"
+                + (
+                    f"; {excluded} units whose bucket moved arm during the ramp are left out"
+                    if (excluded := inputs.crossover.get("excluded"))
+                    else ""
+                ),
                 "share": share,
             }
         )
@@ -628,20 +709,26 @@ def _health(
     for key, agg in aggregates.items():
         if not agg.cuped:
             continue
+        fields = ("pre_num_sum", "pre_num_sum_squares") if agg.kind == "ratio" else ("x_sum", "x_sum_squares")
+
+        def covariate(
+            arm_totals: Mapping[str, float], key: str = key, fields: tuple[str, str] = fields
+        ) -> Any:
+            return stats.MeanStatistic(
+                int(arm_totals.get("n", 0)),
+                arm_totals.get(f"{key}__{fields[0]}", 0.0),
+                arm_totals.get(f"{key}__{fields[1]}", 0.0),
+            )
+
         for pop in populations:
-            c = totals.get(("control", pop), {})
-            t = totals.get(("treatment", pop), {})
-            if agg.kind == "ratio":
-                fields = ("pre_num_sum", "pre_num_sum_squares")
-            else:
-                fields = ("x_sum", "x_sum_squares")
-            xc = stats.MeanStatistic(
-                int(c.get("n", 0)), c.get(f"{key}__{fields[0]}", 0.0), c.get(f"{key}__{fields[1]}", 0.0)
+            res = _by_first_exposure(
+                lambda c, t: stats.welch(covariate(c), covariate(t), design.alpha),
+                totals,
+                strata,
+                design.stable(),
+                pop,
+                design.alpha,
             )
-            xt = stats.MeanStatistic(
-                int(t.get("n", 0)), t.get(f"{key}__{fields[0]}", 0.0), t.get(f"{key}__{fields[1]}", 0.0)
-            )
-            res = stats.welch(xc, xt, design.alpha)
             if res.computable and res.p_value is not None:
                 tested += 1
                 if res.p_value < PRE_PERIOD_IMBALANCE_P:

@@ -626,6 +626,7 @@ def aggregate_spec(
         pre_start=experiment.pre_start,
         pre_end=experiment.pre_end,
         metrics=design.aggregate_metrics(),
+        stable=design.stable(),
         exposure_table=exposure_table,
         metric_table=metric_table,
     )
@@ -666,26 +667,56 @@ def _quantile_samples(
     return {key: samples for key in keys}
 
 
-def _crossover(experiment: Experiment, as_of: dt.date) -> dict[str, Any] | None:
-    """Units served by both arms: measured from serving's request log where it has this salt,
-    else estimated on a sample of exposures re-assigned with the current allocation."""
+def _stable_q(stable: Mapping[int, aggregation.StableRange]) -> Any:
+    """The ORM twin of :func:`aggregation.stable_filter`: exposures whose arm never changed."""
+    from django.db.models import Q
+
+    q = Q(bucket__isnull=True) | ~Q(allocation_version__in=list(stable))
+    for version, rng in stable.items():
+        q |= Q(allocation_version=version) & (
+            Q(arm="treatment", bucket__gte=rng.treatment_lo, bucket__lt=rng.treatment_hi)
+            | Q(arm="control", bucket__gte=rng.control_lo)
+        )
+    return q
+
+
+def _crossover(
+    experiment: Experiment, as_of: dt.date, design: analysis.Design, analysed_units: int | None
+) -> dict[str, Any] | None:
+    """Crossover among the analysed units, and how many crossed units the analysis left out.
+
+    Units whose bucket moved arm during the ramp are excluded by the aggregate query
+    (analysis.py, "Crossover"); what remains must never have been served by both arms. That is
+    measured from serving's request log where it has this salt, else estimated on a sample of
+    analysed exposures re-assigned with the current allocation.
+    """
     from django.db.models import Count
 
+    from experiments.models import Exposure
+
+    stable = design.stable()
+    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    exposures = Exposure.objects.filter(
+        surface_id=experiment.surface_id,
+        salt=experiment.salt,
+        arm__in=["control", "treatment"],
+        first_exposed_at__lt=end,
+    )
+    excluded = max(0, exposures.count() - analysed_units) if analysed_units is not None else None
+    analysed = exposures.filter(_stable_q(stable)) if stable else exposures
     model = _latency_model()
     if model is not None:
-        end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
         logged = model.objects.filter(
             surface_id=experiment.surface_id,
             salt=experiment.salt,
             arm__in=["control", "treatment"],
             ts__lt=end,
         )
-        checked = logged.values("unit_id").distinct().count()
-        if checked:
-            crossed = (
-                logged.values("unit_id").annotate(arms=Count("arm", distinct=True)).filter(arms__gt=1).count()
-            )
-            return {"checked": checked, "crossed": crossed, "source": "request_log"}
+        if logged.exists():
+            both = logged.values("unit_id").annotate(arms=Count("arm", distinct=True)).filter(arms__gt=1)
+            checked = analysed.filter(unit_id__in=logged.values("unit_id")).count()
+            crossed = analysed.filter(unit_id__in=both.values("unit_id")).count()
+            return {"checked": checked, "crossed": crossed, "excluded": excluded, "source": "request_log"}
     from controlplane.selectors import allocation_config
 
     allocation = (
@@ -697,15 +728,9 @@ def _crossover(experiment: Experiment, as_of: dt.date) -> dict[str, Any] | None:
     if allocation is None:
         return None
     config = allocation_config(allocation)
-    from experiments.models import Exposure
-
-    sample = list(
-        Exposure.objects.filter(
-            surface_id=experiment.surface_id, salt=experiment.salt, arm__in=["control", "treatment"]
-        ).values_list("unit_id", "arm")[:20000]
-    )
+    sample = list(analysed.values_list("unit_id", "arm")[:20000])
     crossed = sum(1 for unit_id, arm in sample if config.assign(unit_id).arm not in (arm, "holdout"))
-    return {"checked": len(sample), "crossed": crossed, "source": "assignment"}
+    return {"checked": len(sample), "crossed": crossed, "excluded": excluded, "source": "assignment"}
 
 
 def _previous_sequential(experiment: Experiment) -> dict[tuple[str, str], Any]:
@@ -767,7 +792,12 @@ def experiment_analyze(
         rows=rows,
         as_of=as_of,
         quantile_samples=_quantile_samples(experiment, design, as_of),
-        crossover=_crossover(experiment, as_of),
+        crossover=_crossover(
+            experiment,
+            as_of,
+            design,
+            sum(int(r["n"]) for r in rows) if source == AnalysisRun.Source.DATABASE else None,
+        ),
         previous_sequential=_previous_sequential(experiment) if experiment.sequential else {},
     )
     result = analysis.analyze(design, inputs, computed_at=now.isoformat())

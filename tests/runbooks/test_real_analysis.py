@@ -11,6 +11,7 @@ import pytest
 
 from controlplane.models import AuditEvent, RankingStack
 from controlplane.selectors import allocation_current
+from experiments.models import AnalysisRun
 from migrations_runbooks import services
 from migrations_runbooks.models import Runbook
 from tests.runbooks.conftest import DAY, HOUR, T0
@@ -142,3 +143,48 @@ def test_sweep_budget_defers_but_never_skips(seeded, users, scripted_analysis, s
     for rb in runbooks:
         rb.refresh_from_db()
         assert rb.current_step == 1
+
+
+MULTI_STEP = [
+    {
+        "name": "shadow",
+        "treatment_bp": 0,
+        "shadow_bp": 1000,
+        "min_duration_s": 86400,
+        "gates": {"parity": False, "latency": False},
+    },
+    {"name": "5%", "treatment_bp": 500, "min_duration_s": 86400, "min_units": 200},
+    {"name": "25%", "treatment_bp": 2500, "min_duration_s": 86400, "min_units": 500, "needs_approval": True},
+    {"name": "50%", "treatment_bp": 5000, "min_duration_s": 86400, "min_units": 1000},
+    {"name": "100%", "treatment_bp": 10000, "min_duration_s": 86400, "min_units": 100},
+]
+
+
+def test_pages_promotes_through_a_multi_step_ramp_on_real_analysis(seeded, users):
+    """5 % → 25 % → 50 % under one salt: crossed units are left out, so the ship decision is clean."""
+    pages = seeded["pages"]
+    rb = services.runbook_create(
+        surface=pages, target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=MULTI_STEP
+    )
+    services.runbook_start(runbook=rb, actor=users["operator"], reason="go", now=T0)
+    visited = []
+    for day in range(1, 16):
+        now = T0 + day * DAY
+        # Returning users plus 1500 new ones a day, assigned under the allocation of the day.
+        synthesize_day(surface=pages, day=(now - HOUR).date(), units=1500 * day)
+        services.ramps_advance_due(now=now)
+        rb.refresh_from_db()
+        if rb.status == "waiting_approval":
+            services.runbook_approve(runbook=rb, actor=users["approver"], reason="ok", now=now + HOUR)
+            services.ramps_advance_due(now=now + 2 * HOUR)
+            rb.refresh_from_db()
+        visited.append((rb.current_step, rb.status))
+        if rb.status in ("promoted", "rolled_back", "aborted"):
+            break
+        assert rb.status in ("running", "waiting_approval", "held"), (visited, rb.status_reason)
+    assert rb.status == "promoted", (visited, rb.status_reason)
+    assert {step for step, _ in visited} >= {1, 2, 3, 4}
+    assert rb.ship_decision["step"] == "50%"
+    run = AnalysisRun.objects.get(pk=rb.ship_decision["analysis_run_id"])
+    both = next(h for h in run.result["health"] if h["check"] == "both_arms")
+    assert both["ok"] and "left out" in both["detail"], both
