@@ -506,7 +506,14 @@ class DecisionReadoutApi(APIView):
 
 
 class WarehouseSqlApi(APIView):
-    """The experiment's aggregate query as plain SQL for a warehouse (same query the database runs)."""
+    """The experiment's aggregate query as plain SQL for a warehouse (same query the database runs).
+
+    The exposure table needs the columns of ``experiments_exposure``: ``surface_id, salt, unit_id,
+    arm, population, allocation_version, bucket, first_exposed_at`` (``bucket`` is the unit's
+    assignment bucket under the salt; units whose bucket moved arm during the ramp are left out,
+    and a null bucket keeps the unit as first exposed). The metric table needs
+    ``surface_id, unit_id, day, metric, value``.
+    """
 
     permission_classes = [IsViewer]
 
