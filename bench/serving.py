@@ -1,6 +1,7 @@
 """Serving-path benchmark: the rank endpoint under gunicorn, router overhead, ingestion throughput.
 
     .venv/bin/python bench/serving.py                 # starts a throwaway PostgreSQL (like scripts/test.sh)
+    .venv/bin/python bench/serving.py --only ingest --ingest-repeats 3   # only the ingestion part
     DATABASE_URL=postgres://… .venv/bin/python bench/serving.py --duration 30 --rate 50
 
 What it measures (goals from issue 6 in brackets):
@@ -31,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,6 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
 
     from controlplane import services as registry
     from controlplane.models import RankingStack, Surface
-    from controlplane.selectors import allocation_config, allocation_current
 
     print(
         f"database: {database_url.split('@')[-1]}  world: {args.world}  log mode: {args.log_mode}", flush=True
@@ -214,13 +214,46 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
     user.groups.set([Group.objects.get_or_create(name=n)[0] for n in ("viewer", "operator")])
     token = Token.objects.get_or_create(user=user)[0].key
 
+    table: list[tuple[str, str, str, str]] = []
+    rank = args.only in ("all", "rank")
+    n_users = n_users_ready() if rank else 0
+    if rank:
+        bench_router(args, pages, n_users, table)
+    url, stop = start_gunicorn(args, env, workdir, token)
+    try:
+        if rank:
+            bench_rank_endpoint(args, url, token, workdir, n_users, table)
+        if args.only in ("all", "ingest"):
+            bench_ingest(args, url, token, pages, unified, table)
+    finally:
+        stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    load = os.getloadavg()
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} (shared); gunicorn {args.workers} workers × "
+          f"{args.threads} threads; log mode {args.log_mode}\n")  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    header = ("measure", "latency / time", "throughput", "goal")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def n_users_ready() -> int:
     from controlplane.serving.stacks import stack_registry
 
     t = time.perf_counter()
     n_users = stack_registry().world.store.n_users  # trains once, or loads the saved bundle
     print(f"stacks ready in {time.perf_counter() - t:.1f} s ({n_users} users)", flush=True)
+    return int(n_users)
 
-    table: list[tuple[str, str, str, str]] = []
+
+def bench_router(
+    args: argparse.Namespace, pages: Any, n_users: int, table: list[tuple[str, str, str, str]]
+) -> None:
+    """1. Assignment and router overhead in process."""
+    from controlplane.selectors import allocation_config, allocation_current
 
     # 1. Assignment alone (pure, in process).
     config = allocation_config(allocation_current(surface=pages))
@@ -249,7 +282,13 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
     table.append(("  same, allocation re-checked every request (SERVING_CONFIG_TTL_S=0)",
                   f"p50 {pct(router, 50):.3f} ms, p99 {pct(router, 99):.3f} ms", "", ""))  # fmt: skip
 
-    # 2. The rank endpoint under gunicorn.
+
+def start_gunicorn(
+    args: argparse.Namespace, env: dict[str, str], workdir: Path, token: str
+) -> tuple[str, Callable[[], None]]:
+    """gunicorn on a free loopback port; (url, stop)."""
+    import requests
+
     port = free_port()
     log = (workdir / "gunicorn.log").open("w")
     gunicorn = subprocess.Popen(
@@ -258,139 +297,140 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
         cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        import requests
 
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                r = requests.post(f"{url}/api/v1/surfaces/pages/rank", json={"unit_id": "u1"},
-                                  headers={"Authorization": f"Token {token}"}, timeout=60)  # fmt: skip
-                if r.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or gunicorn.poll() is not None:
-                raise SystemExit(
-                    "gunicorn did not come up:\n" + (workdir / "gunicorn.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
-        # Warm every worker (each loads the stack bundle on its first request).
-        run_loadgen(url, token, workdir / "warm.json", rate=0, duration=5, concurrency=args.workers * 2,
-                    units=n_users)  # fmt: skip
-        fixed = run_loadgen(url, token, workdir / "fixed.json", rate=args.rate, duration=args.duration,
-                            concurrency=32, units=n_users)  # fmt: skip
-        table.append((f"rank endpoint, unified stack, {args.rate:g} rps open loop",
-                      f"p50 {fixed['p50']:.1f} ms, p99 {fixed['p99']:.1f} ms",
-                      f"{fixed['throughput']:.1f} rps, {fixed['errors']} errors / {fixed['requests']}",
-                      "p99 ≤ 40 ms"))  # fmt: skip
-        table.append(("  of which inside the stack", f"p50 {fixed['stack_p50']:.1f} ms, p99 {fixed['stack_p99']:.1f} ms",
-                      "", ""))  # fmt: skip
-        table.append(("router overhead (assign + log), server-side",
-                      f"p50 {fixed['router_p50']:.3f} ms, p99 {fixed['router_p99']:.3f} ms", "", "p99 ≤ 1 ms"))  # fmt: skip
-        closed = run_loadgen(url, token, workdir / "closed.json", rate=0, duration=max(5, args.duration // 2),
-                             concurrency=args.concurrency, units=n_users)  # fmt: skip
-        table.append((f"rank endpoint, closed loop, {args.concurrency} clients",
-                      f"p50 {closed['p50']:.1f} ms, p99 {closed['p99']:.1f} ms",
-                      f"{closed['throughput']:.1f} rps (ceiling)", ""))  # fmt: skip
-
-        # 3. Ingestion: metric rows via validation + COPY, in process.
-        from django.utils import timezone
-
-        from controlplane.serving.bulk import insert_rows
-        from experiments.ingestion import ingest_metric_columns, metric_definitions_ensure
-        from experiments.models import Exposure
-
-        metric_definitions_ensure()
-        salt = allocation_current(surface=pages).salt
-        now = timezone.now()
-        exposed = {u for u in Exposure.objects.filter(surface=pages).values_list("unit_id", flat=True)}
-        insert_rows(Exposure._meta.db_table,
-                    ["surface_id", "salt", "unit_id", "arm", "population", "stack", "allocation_version",
-                     "first_exposed_at"],
-                    [(pages.pk, salt, f"u{i}", "treatment", "content_first", unified.label, 2, now)
-                     for i in range(args.units) if f"u{i}" not in exposed])  # fmt: skip
-        metrics = [
-            "impressions",
-            "sessions",
-            "time_spent",
-            "likes",
-            "comments",
-            "shares",
-            "hides",
-            "reports",
-            "integrity_impressions",
-            "errors",
-            "requests",
-            "meaningful_interactions",
-            "newcomer_impressions",
-        ]
-        n = args.rows
-        rng = np.random.default_rng(3)
-        unit_col = np.array([f"u{i}" for i in range(args.units)], dtype=object)[np.arange(n) % args.units]
-        day_col = np.array([(now.date() - __import__("datetime").timedelta(days=1 + (i % 14))).isoformat()
-                            for i in range(14)], dtype=object)[(np.arange(n) // args.units) % 14]  # fmt: skip
-        metric_col = np.array(metrics, dtype=object)[np.arange(n) % len(metrics)]
-        value_col = rng.poisson(3.0, size=n).astype(float)
-        from django.db import connection, transaction
-
-        t = time.perf_counter()
-        with transaction.atomic():
-            result = ingest_metric_columns(surface=pages, client_batch_id=f"bench-{time.time_ns()}", unit_ids=unit_col,
-                                           days=day_col, metrics=metric_col, values=value_col,
-                                           actor="system:bench")  # fmt: skip
-            copied = time.perf_counter()
-            # MetricObservation's foreign keys are DEFERRABLE INITIALLY DEFERRED: PostgreSQL checks
-            # them row by row at commit. Forcing the check here times that part on its own.
-            with connection.cursor() as cursor:
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            checked = time.perf_counter()
-        seconds = time.perf_counter() - t
-        assert result.written == n, result.to_dict()
-        table.append((f"ingest metric rows (validate + COPY + commit), {n:,} rows", f"{seconds:.2f} s",
-                      f"{n / seconds:,.0f} rows/s", "≥ 200k rows/s"))  # fmt: skip
-        table.append(("  validation + COPY", f"{copied - t:.2f} s", f"{n / (copied - t):,.0f} rows/s", ""))
-        table.append(("  deferred foreign-key checks (2 per row)", f"{checked - copied:.2f} s", "", ""))
-
-        # 4. Ingestion: engagement events through the HTTP batch endpoint (gunicorn).
-        types = ["impression", "like", "comment", "share", "hide", "dwell", "session", "request"]
-        session = requests.Session()
-        total_events, total_seconds = 0, 0.0
-        for b in range(args.event_batches):
-            ts = (now - __import__("datetime").timedelta(minutes=5)).isoformat()
-            events = [{"unit_id": f"u{(b * args.batch_size + i) % args.units}", "ts": ts, "type": types[i % len(types)],
-                       **({"value": 7.5} if types[i % len(types)] == "dwell" else {})}
-                      for i in range(args.batch_size)]  # fmt: skip
-            body = json.dumps(
-                {"client_batch_id": f"bench-ev-{time.time_ns()}", "surface": "pages", "events": events}
-            )
-            t = time.perf_counter()
-            r = session.post(f"{url}/api/v1/ingest/events/", data=body, timeout=300,
-                             headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})  # fmt: skip
-            total_seconds += time.perf_counter() - t
-            assert r.status_code == 201 and r.json()["accepted"] == args.batch_size, r.text[:500]
-            total_events += args.batch_size
-        table.append((f"ingest events via HTTP, {args.event_batches} × {args.batch_size:,}",
-                      f"{total_seconds / args.event_batches:.2f} s/batch",
-                      f"{total_events / total_seconds:,.0f} events/s", "≥ 20k events/s"))  # fmt: skip
-    finally:
+    def stop() -> None:
         gunicorn.terminate()
         try:
             gunicorn.wait(20)
         except subprocess.TimeoutExpired:
             gunicorn.kill()
         log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
-    load = os.getloadavg()
-    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} (shared); gunicorn {args.workers} workers × "
-          f"{args.threads} threads; log mode {args.log_mode}\n")  # fmt: skip
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    header = ("measure", "latency / time", "throughput", "goal")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            r = requests.get(f"{url}/api/v1/surfaces/pages/", headers={"Authorization": f"Token {token}"},
+                             timeout=60)  # fmt: skip
+            if r.status_code == 200:
+                return url, stop
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline or gunicorn.poll() is not None:
+            stop()
+            raise SystemExit("gunicorn did not come up:\n" + (workdir / "gunicorn.log").read_text()[-3000:])
+        time.sleep(0.5)
+
+
+def bench_rank_endpoint(
+    args: argparse.Namespace,
+    url: str,
+    token: str,
+    workdir: Path,
+    n_users: int,
+    table: list[tuple[str, str, str, str]],
+) -> None:
+    """2. The rank endpoint under gunicorn."""
+    # Warm every worker (each loads the stack bundle on its first request).
+    run_loadgen(url, token, workdir / "warm.json", rate=0, duration=5, concurrency=args.workers * 2,
+                units=n_users)  # fmt: skip
+    fixed = run_loadgen(url, token, workdir / "fixed.json", rate=args.rate, duration=args.duration,
+                        concurrency=32, units=n_users)  # fmt: skip
+    table.append((f"rank endpoint, unified stack, {args.rate:g} rps open loop",
+                  f"p50 {fixed['p50']:.1f} ms, p99 {fixed['p99']:.1f} ms",
+                  f"{fixed['throughput']:.1f} rps, {fixed['errors']} errors / {fixed['requests']}",
+                  "p99 ≤ 40 ms"))  # fmt: skip
+    table.append(("  of which inside the stack", f"p50 {fixed['stack_p50']:.1f} ms, p99 {fixed['stack_p99']:.1f} ms",
+                  "", ""))  # fmt: skip
+    table.append(("router overhead (assign + log), server-side",
+                  f"p50 {fixed['router_p50']:.3f} ms, p99 {fixed['router_p99']:.3f} ms", "", "p99 ≤ 1 ms"))  # fmt: skip
+    closed = run_loadgen(url, token, workdir / "closed.json", rate=0, duration=max(5, args.duration // 2),
+                         concurrency=args.concurrency, units=n_users)  # fmt: skip
+    table.append((f"rank endpoint, closed loop, {args.concurrency} clients",
+                  f"p50 {closed['p50']:.1f} ms, p99 {closed['p99']:.1f} ms",
+                  f"{closed['throughput']:.1f} rps (ceiling)", ""))  # fmt: skip
+
+
+def bench_ingest(
+    args: argparse.Namespace,
+    url: str,
+    token: str,
+    pages: Any,
+    unified: Any,
+    table: list[tuple[str, str, str, str]],
+) -> None:
+    """3. Metric rows through the ingestion service in process; 4. events through the HTTP endpoint."""
+    import datetime as dt
+
+    import requests
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from controlplane.selectors import allocation_current
+    from controlplane.serving.bulk import insert_rows
+    from experiments.ingestion import ingest_metric_columns, metric_definitions_ensure
+    from experiments.models import Exposure
+
+    metric_definitions_ensure()
+    salt = allocation_current(surface=pages).salt
+    now = timezone.now()
+    exposed = set(Exposure.objects.filter(surface=pages).values_list("unit_id", flat=True))
+    insert_rows(Exposure._meta.db_table,
+                ["surface_id", "salt", "unit_id", "arm", "population", "stack", "allocation_version",
+                 "first_exposed_at"],
+                [(pages.pk, salt, f"u{i}", "treatment", "content_first", unified.label, 2, now)
+                 for i in range(args.units) if f"u{i}" not in exposed])  # fmt: skip
+    metrics = [
+        "impressions", "sessions", "time_spent", "likes", "comments", "shares", "hides", "reports",
+        "integrity_impressions", "errors", "requests", "meaningful_interactions", "newcomer_impressions",
+    ]  # fmt: skip
+    n = args.rows
+    rng = np.random.default_rng(3)
+    for rep in range(args.ingest_repeats):
+        # Each repeat sends new rows (other days), as a warehouse would.
+        unit_col = np.array([f"u{i}" for i in range(args.units)], dtype=object)[np.arange(n) % args.units]
+        day_col = np.array([(now.date() - dt.timedelta(days=1 + 14 * rep + (i % 14))).isoformat()
+                            for i in range(14)], dtype=object)[(np.arange(n) // args.units) % 14]  # fmt: skip
+        metric_col = np.array(metrics, dtype=object)[np.arange(n) % len(metrics)]
+        value_col = rng.poisson(3.0, size=n).astype(float)
+
+        t = time.perf_counter()
+        with transaction.atomic():
+            result = ingest_metric_columns(surface=pages, client_batch_id=f"bench-{time.time_ns()}",
+                                           unit_ids=unit_col, days=day_col, metrics=metric_col, values=value_col,
+                                           actor="system:bench")  # fmt: skip
+            copied = time.perf_counter()
+            # Any deferred constraint checks run at commit; forcing them here times that part alone.
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            checked = time.perf_counter()
+        seconds = time.perf_counter() - t
+        assert result.written == n, result.to_dict()
+        table.append((f"ingest metric rows (validate + COPY + commit), {n:,} rows, run {rep + 1}",
+                      f"{seconds:.2f} s", f"{n / seconds:,.0f} rows/s", "≥ 200k rows/s"))  # fmt: skip
+        table.append(("  validation + COPY", f"{copied - t:.2f} s", f"{n / (copied - t):,.0f} rows/s", ""))
+        table.append(("  deferred constraint checks", f"{checked - copied:.2f} s", "", ""))
+
+    # 4. Ingestion: engagement events through the HTTP batch endpoint (gunicorn).
+    types = ["impression", "like", "comment", "share", "hide", "dwell", "session", "request"]
+    session = requests.Session()
+    total_events, total_seconds = 0, 0.0
+    for b in range(args.event_batches):
+        ts = (now - dt.timedelta(minutes=5)).isoformat()
+        events = [{"unit_id": f"u{(b * args.batch_size + i) % args.units}", "ts": ts, "type": types[i % len(types)],
+                   **({"value": 7.5} if types[i % len(types)] == "dwell" else {})}
+                  for i in range(args.batch_size)]  # fmt: skip
+        body = json.dumps(
+            {"client_batch_id": f"bench-ev-{time.time_ns()}", "surface": "pages", "events": events}
+        )
+        t = time.perf_counter()
+        r = session.post(f"{url}/api/v1/ingest/events/", data=body, timeout=300,
+                         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})  # fmt: skip
+        total_seconds += time.perf_counter() - t
+        assert r.status_code == 201 and r.json()["accepted"] == args.batch_size, r.text[:500]
+        total_events += args.batch_size
+    table.append((f"ingest events via HTTP, {args.event_batches} × {args.batch_size:,}",
+                  f"{total_seconds / args.event_batches:.2f} s/batch",
+                  f"{total_events / total_seconds:,.0f} events/s", "≥ 20k events/s"))  # fmt: skip
 
 
 def main() -> None:
@@ -420,6 +460,13 @@ def main() -> None:
     parser.add_argument("--event-batches", type=int, default=5)
     parser.add_argument("--router-requests", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=20_000)
+    parser.add_argument(
+        "--only",
+        default="all",
+        choices=["all", "rank", "ingest"],
+        help="run only the rank/router part or only the ingestion part",
+    )
+    parser.add_argument("--ingest-repeats", type=int, default=1, help="metric-row batches to time")
     args = parser.parse_args()
     if args.command == "loadgen":
         loadgen(args)

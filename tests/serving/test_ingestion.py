@@ -258,7 +258,7 @@ def test_copy_path_on_postgresql(postgres, known_units):
 
     from experiments.ingestion import ingest_metric_columns
 
-    odd = ["team,a", 'say "hi"']  # CSV needs quoting for these
+    odd = ["team,a", 'say "hi"', "back\\slash", "tab\\t not a tab"]  # COPY text escapes backslashes
     Exposure.objects.bulk_create(
         Exposure(surface=known_units, salt="s1", unit_id=u, arm="control", population="content_first",
                  stack="content-first@1", allocation_version=1, first_exposed_at=NOW)
@@ -269,7 +269,7 @@ def test_copy_path_on_postgresql(postgres, known_units):
         result = ingest_metric_columns(
             surface=known_units,
             client_batch_id="copy-1",
-            unit_ids=[odd[i % 2] if i % 100 == 0 else f"u{i % 10}" for i in range(n)],
+            unit_ids=[odd[(i // 100) % 4] if i % 100 == 0 else f"u{i % 10}" for i in range(n)],
             days=[_day(-1)] * n,
             metrics=["time_spent"] * n,
             values=[float(i) for i in range(n)],
@@ -279,6 +279,66 @@ def test_copy_path_on_postgresql(postgres, known_units):
     assert MetricObservation.objects.filter(batch=result.batch).count() == n
     assert sum(MetricObservation.objects.values_list("value", flat=True)) == pytest.approx(n * (n - 1) / 2)
     assert MetricObservation.objects.filter(unit_id__in=odd).count() == 50
+    assert set(MetricObservation.objects.filter(unit_id__in=odd).values_list("unit_id", flat=True)) == set(
+        odd
+    )
+
+
+def test_metric_rows_table_has_no_foreign_key_constraints_and_one_secondary_index(postgres, known_units):
+    """Integrity comes from the service (surface resolved, batch created in the rows' transaction):
+    the table carries no FK triggers and only the index its readers use."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        constraints = connection.introspection.get_constraints(cursor, MetricObservation._meta.db_table)
+    assert not [name for name, c in constraints.items() if c["foreign_key"]]
+    indexes = {name: c["columns"] for name, c in constraints.items() if c["index"] and not c["primary_key"]}
+    assert indexes == {"metric_obs_surface_metric_day": ["surface_id", "metric", "day"]}
+
+
+@pytest.mark.sqlite_path
+def test_columnar_batch_with_bad_rows_keeps_the_good_ones_on_every_backend(known_units):
+    """The columnar path (management command, bench) checks each distinct value once; errors still
+    name every bad row, quote the row's own value, and the good rows are written with their values."""
+    import numpy as np
+
+    from experiments.ingestion import ingest_metric_columns
+
+    n = 3000
+    units = np.array([f"u{i % 10}" for i in range(n)], dtype=object)
+    days = np.array([_day(-(i % 3) - 1) for i in range(n)], dtype=object)
+    metrics = np.array(["likes", "time_spent", "sessions"] * (n // 3), dtype=object)
+    values = np.arange(n, dtype=float)
+    units[[5, 17]] = ["ghost", None]  # unknown unit, missing unit
+    days[[6, 18]] = ["2001-01-01", "2026-02-30"]  # out of range, not a date
+    metrics[[7, 19, 20]] = [1, True, "karma"]  # 1 and True hash alike: each message quotes its own row
+    values[[8, 21]] = [-1.0, np.inf]
+    result = ingest_metric_columns(
+        surface=known_units, client_batch_id="cols-1", unit_ids=units, days=days, metrics=metrics,
+        values=values, actor="system:test",
+    )  # fmt: skip
+    body = result.to_dict()
+    bad = {5, 17, 6, 18, 7, 19, 20, 8, 21}
+    assert (body["status"], body["accepted"], body["rejected"]) == ("partial", n - len(bad), len(bad))
+    messages = {(e["row"], e["field"]): e["message"] for e in body["errors"]}
+    assert set(messages) == {
+        (5, "unit_id"), (17, "unit_id"), (6, "day"), (18, "day"), (7, "metric"), (19, "metric"),
+        (20, "metric"), (8, "value"), (21, "value"),
+    }  # fmt: skip
+    assert "unknown unit" in messages[(5, "unit_id")] and "printable" in messages[(17, "unit_id")]
+    assert messages[(7, "metric")] == "unknown metric 1" and messages[(19, "metric")] == "unknown metric True"
+    assert "negative count" in messages[(8, "value")] and "finite" in messages[(21, "value")]
+    stored = MetricObservation.objects.filter(batch=result.batch)
+    assert stored.count() == result.written == n - len(bad)
+    expected = sum(i for i in range(n) if i not in bad)
+    assert sum(stored.values_list("value", flat=True)) == pytest.approx(expected)
+    row = stored.get(value=3000 - 1)  # the last row: u9, third metric, third day
+    assert (row.unit_id, row.metric, row.day.isoformat()) == ("u9", "sessions", _day(-3))
+    again = ingest_metric_columns(
+        surface=known_units, client_batch_id="cols-1", unit_ids=units, days=days, metrics=metrics,
+        values=values, actor="system:test",
+    )  # fmt: skip
+    assert again.replayed and MetricObservation.objects.count() == n - len(bad)
 
 
 @pytest.mark.sqlite_path
