@@ -9,6 +9,15 @@ What must hold: every due runbook advances exactly once (one allocation version,
 ``runbook.advance`` audit event, one ``advance`` step evaluation each) although the tick that did
 the work is delivered twice, and a tick published during the outage is retried until the broker is
 back instead of being lost.
+
+Where the retries come from (no product change was needed): the tick in flight commits its
+transitions (PostgreSQL does not need the broker), cannot acknowledge its message, and Redis
+delivers it again after the visibility timeout (``acks_late``); the re-run finds nothing due,
+because each transition moved the runbook's ``next_check_at`` past that instant. The publisher
+first subscribes to the task's result on the same Redis (the result backend), and Celery's Redis
+backend reconnects up to 20 times, a second apart, before the publish itself goes out — so beat
+rides out an outage of up to ~20 s; a longer one costs that minute's tick, and the next minute's
+tick does the work (ramps are level-triggered: nothing is lost, only late).
 """
 
 from __future__ import annotations
