@@ -7,6 +7,7 @@ manage.py train_stacks --skip-train --out artifacts/ --world default --bench-jso
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,28 @@ class Command(BaseCommand):
             from rankers.engine.world import World, WorldConfig
 
             torch.set_num_threads(options["threads"])
-            world = World.build(WorldConfig.named(options["world"], seed=options["seed"]))
+            config = WorldConfig.named(options["world"], seed=options["seed"])
+
+            def say(message: str) -> None:
+                if not options["quiet"]:
+                    self.stdout.write(message)
+
+            say(
+                f"[train] building the {config.name} world: {config.n_users:,} users, {config.n_posts:,} posts, "
+                f"{config.n_authors:,} authors ({options['threads']} torch threads)"
+            )
+            started = time.perf_counter()
+            world = World.build(config)
+            say(
+                f"[train] world built in {time.perf_counter() - started:.1f} s; training: bars for the two "
+                "towers, the legacy serving logs and the MTL; bootstrap log, pass 0 + value model and "
+                "evaluation run without one"
+            )
             trained = train_all(world, progress=not options["quiet"])
+            say(
+                "[train] stages: "
+                + ", ".join(f"{k} {v:.0f} s" for k, v in trained.metrics["timings_s"].items())
+            )
             save_stacks(trained, out)
             self.stdout.write(f"trained in {trained.metrics['train_seconds']:.1f}s; artifacts in {world_dir}")
         bench = None
