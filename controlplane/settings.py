@@ -230,6 +230,17 @@ CELERY_TASK_IGNORE_RESULT = False
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker outage must not lose work: workers reconnect forever, and a publish (beat's ticks, the
+# router's shadow tasks) retries for ~30 s before it gives up. A tick that still cannot be sent is
+# harmless: the sweeper is idempotent and the next minute's tick does the due work (tests/faults).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 12,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 5,
+}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "controlplane-heartbeat": {
