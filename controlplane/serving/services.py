@@ -309,8 +309,12 @@ def shadow_enqueue(*, payload: dict[str, Any]) -> bool:
     from controlplane.serving.tasks import shadow_score_task
 
     try:
+        # No publish retry: a shadow comparison is a best-effort sample, and a retrying publish
+        # would hold a serving thread while the broker is down.
         shadow_score_task.apply_async(
-            kwargs={"payload": payload}, expires=float(setting("SERVING_SHADOW_EXPIRES_S", 60.0))
+            kwargs={"payload": payload},
+            expires=float(setting("SERVING_SHADOW_EXPIRES_S", 60.0)),
+            retry=False,
         )
     except Exception:
         counters["shadow_enqueue_failed"] += 1
