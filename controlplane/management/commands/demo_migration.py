@@ -40,20 +40,23 @@ FINAL = {"promoted", "rolled_back", "aborted"}
 DAY = 24 * 3600
 # The demo's plan: the standard ramp, compressed to fit a few minutes of simulated days. Parity
 # thresholds are set for a *different* stack replacing a legacy one (low overlap is expected;
-# what the shadow step guards against is a broken ranking, errors and latency).
+# what the shadow step guards against is a broken ranking, errors and latency). The calibration
+# difference against the legacy stacks' own scores measures 0.20–0.29 on the small world (groups,
+# with its interest-first population, is the high end), so 0.25 held groups' shadow step for ever.
 DEMO_PARITY = {
     "overlap_10": {"min": 0.05},
     "rbo": {"min": 0.05},
-    "calibration_diff": {"max": 0.25},
+    "calibration_diff": {"max": 0.4},
     "error_rate": {"max": 0.01},
 }
 # The analysis keeps only units whose arm never changed during the ramp ("Crossover" in
 # experiments/analysis.py). The demo's users are one returning cohort (the same --users every day;
 # the small world has 1,500 users in all), first exposed at the first treated step, so the kept
 # treatment arm is that step's share of the cohort for the whole ramp: 10% of 1,200 ≈ 120 units
-# (the standard plan's 5% would keep ≈ 60, too few for the order-statistic interval of p99
-# latency). min_units is therefore a share of what a step can ever see — the standard plan's
-# 200/400 assume a stream of new users and would wait for ever here.
+# (the standard plan's 5% would keep ≈ 60). min_units is therefore a share of what a step can ever
+# see — the standard plan's 200/400 assume a stream of new users and would wait for ever here.
+# The 10% step lasts three days: the p99-latency guardrail's order-statistic interval needs about
+# 370 treatment requests (≈ 190 a day at 10%); after one day it held as "not computable".
 DEMO_STEPS = [
     {
         "name": "shadow",
@@ -63,7 +66,7 @@ DEMO_STEPS = [
         "min_units": 0,
         "gates": {"parity": DEMO_PARITY},
     },
-    {"name": "10%", "treatment_bp": 1000, "min_duration_s": DAY, "min_units": 50},
+    {"name": "10%", "treatment_bp": 1000, "min_duration_s": 3 * DAY, "min_units": 50},
     {"name": "25%", "treatment_bp": 2500, "min_duration_s": DAY, "min_units": 80, "needs_approval": True},
     {"name": "50%", "treatment_bp": 5000, "min_duration_s": 2 * DAY, "min_units": 80},
     {"name": "100%", "treatment_bp": 10000, "min_duration_s": DAY, "min_units": 0},
