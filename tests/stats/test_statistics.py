@@ -94,3 +94,37 @@ def test_ratio_linearised_variance_is_the_influence_value_variance():
     influence = (num - r * den) / den.mean()
     assert s.ratio == pytest.approx(r, rel=1e-12)
     assert s.variance == pytest.approx(influence.var(ddof=1), rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 32_767, 32_768, 32_769, 3 * 65_536 + 7])
+def test_blocked_moments_cover_every_value_once(n):
+    # Whole blocks are summed as 256-wide rows times ones, the tail by np.add.reduce; every
+    # array count (1, 2 unrolled; 4 general) and strided input must give the exact sums.
+    rng = np.random.default_rng(n)
+    y, x = rng.normal(5, 3, n), rng.lognormal(0, 1, n)
+    cases = [
+        ([y], [(0, 0)]),
+        ([y, x], [(0, 0), (1, 1), (0, 1)]),
+        ([y, x, x[::-1].copy(), 2 * y], [(0, 0), (1, 1), (0, 1), (2, 2), (3, 3), (2, 3), (0, 2), (1, 3)]),
+    ]
+    wide = rng.normal(1, 1, 2 * n)
+    cases.append(([wide[::2], wide[1::2]], [(0, 0), (1, 1), (0, 1)]))
+    for arrays, pairs in cases:
+        sums, prods = stats_module._moments(arrays, pairs)
+        assert sums == pytest.approx([math.fsum(a) for a in arrays], rel=1e-13, abs=1e-9)
+        expected = [math.fsum(arrays[i] * arrays[j]) for i, j in pairs]
+        assert prods == pytest.approx(expected, rel=1e-13, abs=1e-9)
+
+
+def test_threaded_moments_agree_with_one_thread(monkeypatch):
+    rng = np.random.default_rng(6)
+    n = 3 * stats_module._TASK + 1_001
+    y, x = rng.normal(10, 2, n), rng.normal(3, 1, n)
+    monkeypatch.setattr(stats_module, "_PARALLEL_MIN", 1)
+    monkeypatch.setattr(stats_module, "_WORKERS", 3)
+    threaded = CovariateMeanStatistic.from_values(y, x)
+    monkeypatch.setattr(stats_module, "_WORKERS", 1)
+    single = CovariateMeanStatistic.from_values(y, x)
+    for field in ("sum", "sum_squares", "x_sum", "x_sum_squares", "xy_sum"):
+        assert getattr(threaded, field) == pytest.approx(getattr(single, field), rel=1e-13)
+    assert threaded.sum == pytest.approx(math.fsum(y), rel=1e-14)
