@@ -52,11 +52,11 @@ DEMO_PARITY = {
 # The analysis keeps only units whose arm never changed during the ramp ("Crossover" in
 # experiments/analysis.py). The demo's users are one returning cohort (the same --users every day;
 # the small world has 1,500 users in all), first exposed at the first treated step, so the kept
-# treatment arm is that step's share of the cohort for the whole ramp: 10% of 1,200 ≈ 120 units
+# treatment arm is that step's share of the cohort for the whole ramp: 15% of 1,200 ≈ 180 units
 # (the standard plan's 5% would keep ≈ 60). min_units is therefore a share of what a step can ever
 # see — the standard plan's 200/400 assume a stream of new users and would wait for ever here.
-# The 10% step lasts three days: the p99-latency guardrail's order-statistic interval needs about
-# 370 treatment requests (≈ 190 a day at 10%); after one day it held as "not computable".
+# The first step lasts two days: the p99-latency guardrail's order-statistic interval needs about
+# 370 treatment requests (≈ 290 a day at 15%); after one day it holds as "not computable".
 DEMO_STEPS = [
     {
         "name": "shadow",
@@ -66,7 +66,7 @@ DEMO_STEPS = [
         "min_units": 0,
         "gates": {"parity": DEMO_PARITY},
     },
-    {"name": "10%", "treatment_bp": 1000, "min_duration_s": 3 * DAY, "min_units": 50},
+    {"name": "15%", "treatment_bp": 1500, "min_duration_s": 2 * DAY, "min_units": 50},
     {"name": "25%", "treatment_bp": 2500, "min_duration_s": DAY, "min_units": 80, "needs_approval": True},
     {"name": "50%", "treatment_bp": 5000, "min_duration_s": 2 * DAY, "min_units": 80},
     {"name": "100%", "treatment_bp": 10000, "min_duration_s": DAY, "min_units": 0},
@@ -109,7 +109,7 @@ class Command(BaseCommand):
             "--give-up-days",
             type=int,
             default=4,
-            help="Stop after this many simulated days in which no runbook changed status or step.",
+            help="Stop after this many simulated days held with no runbook changing status or step.",
         )
         parser.add_argument(
             "--train", action="store_true", help="Train (if missing) and register the stacks."
@@ -123,7 +123,7 @@ class Command(BaseCommand):
         # In the simulated world the unified stack draws far fewer hides and reports than the legacy
         # stacks (about −40 to −70%), so a modest multiplier still leaves it better than control and
         # no guardrail could trip; ×8 makes it about 2.5× legacy on groups, a regression the
-        # always-valid interval of the hide/report guardrail detects within a day at 10%.
+        # always-valid interval of the hide/report guardrail detects within a day or two at 15%.
         parser.add_argument(
             "--regression", type=float, default=8.0, help="Hide/report multiplier injected on groups."
         )
@@ -373,8 +373,8 @@ class Command(BaseCommand):
             if all(s in FINAL for s in states.values()):
                 break
             # Stop early when nothing can move any more: a runbook waiting on a dependency that ended
-            # without promotion, or no step change for --give-up-days simulated days (a gate holds;
-            # more days of the same traffic would not change its verdict — the reasons are above).
+            # without promotion, or a gate holding with no step change for --give-up-days simulated
+            # days (more days of the same traffic would not change its verdict — reasons above).
             by_pk = {rb.pk: rb for rb in runbook_of.values()}
             stranded = [
                 key
@@ -389,10 +389,11 @@ class Command(BaseCommand):
                 )
                 break
             state = tuple((rb.status, rb.current_step) for rb in runbook_of.values())
-            still = still + 1 if state == last_state else 0
+            held = any(s == "held" for s in states.values())
+            still = still + 1 if state == last_state and held else 0
             last_state = state
             if still >= options["give_up_days"]:
-                self.say(f"no step changed for {still} simulated days; stopping the demo here")
+                self.say(f"held with no step change for {still} simulated days; stopping the demo here")
                 break
             time.sleep(max(0.0, options["seconds_per_day"]))
 
