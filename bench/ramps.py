@@ -1,20 +1,28 @@
 """One beat tick over 100 running ramps: the sweeper's latency with real gates.
 
 Run: .venv/bin/python bench/ramps.py [--ramps 100] [--units 200] [--database-url postgres://…/scratch]
-Goal (2-core machine): one tick over 100 running ramps ≤ 2 s.
+     [--profile [fresh|reused]] [--queries N]
+Goal (2-core machine): one tick over 100 running ramps, every ramp's gates on a fresh analysis, ≤ 2 s.
 
 Builds a throwaway database (a temporary SQLite file by default; pass --database-url to use a
 scratch PostgreSQL database, which is migrated and filled), 100 surfaces each with a running
-runbook, and times ``ramps_advance_due`` in three situations:
+runbook, and times ``ramps_advance_due`` in these situations:
 
-* **wait**: every ramp is young (min duration not reached) — gates still read a fresh analysis,
-  because a guardrail breach must roll back at once;
-* **advance**: every ramp is mature and healthy — gates pass, the allocation is published, the
-  next step entered (one transaction per ramp);
-* **idle**: nothing is due (the every-minute cost between checks).
+* **young, fresh**: every ramp is young (min duration not reached) and analysed anew
+  (``RUNBOOKS_ANALYSIS_MAX_AGE_S=0``) — gates still read a fresh analysis, because a guardrail
+  breach must roll back at once. The goal is measured here;
+* **young, reused**: the same with analyses up to 5 minutes old reused (the default setting);
+* **idle**: nothing is due (the every-minute cost between checks);
+* **budget**: fresh analyses under the default 1.5 s sweep budget (the rest deferred);
+* **mature**: every ramp is mature and its gates decide on a fresh analysis.
 
 Each ramp's experiment has ``--units`` synthesized units of evidence (exposures, 13 metrics per
 unit-day, latency samples), analysed for real by the experiments app on every evaluation.
+
+Columns: wall seconds, CPU seconds of this process (SQLite runs in-process, so on a shared
+machine CPU seconds show the work and wall seconds the wait), seconds inside database calls, and
+statements executed (counted by an execute wrapper; ``--debug-cursor`` measures as this bench
+did before, with Django's debug cursor, which on SQLite adds a QUOTE() query per statement).
 """
 
 from __future__ import annotations
@@ -36,7 +44,27 @@ def main() -> None:
     parser.add_argument("--ramps", type=int, default=100)
     parser.add_argument("--units", type=int, default=200, help="synthesized units per ramp")
     parser.add_argument("--database-url", default="", help="scratch database (default: a temp SQLite file)")
-    parser.add_argument("--profile", action="store_true", help="print where the first tick spends its time")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="fresh",
+        choices=["fresh", "reused"],
+        help="print where a tick spends its time (cProfile): the fresh-analysis tick (default) or the reused one",
+    )
+    parser.add_argument("--profile-out", default="", help="with --profile: also dump the stats to this file")
+    parser.add_argument(
+        "--debug-cursor",
+        action="store_true",
+        help="record queries with Django's debug cursor (CaptureQueriesContext), as this bench did before: "
+        "on SQLite it formats every statement with a second QUOTE() query and adds seconds to a tick",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N most frequent SQL shapes of the fresh-analysis tick (count, total ms)",
+    )
     args = parser.parse_args()
 
     scratch = tempfile.mkdtemp(prefix="bench-ramps-")
@@ -54,7 +82,7 @@ def main() -> None:
     django.setup()
     logging.disable(logging.WARNING)
     from django.core.management import call_command
-    from django.db import connection, reset_queries
+    from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     from controlplane import services as core
@@ -107,24 +135,44 @@ def main() -> None:
 
     def timed(label: str, now: dt.datetime, *, budget_s: float, reuse_s: float) -> None:
         settings.RUNBOOKS_ANALYSIS_MAX_AGE_S = reuse_s
-        reset_queries()
+        import contextlib
         import cProfile
         import pstats
 
-        profiler = cProfile.Profile() if args.profile and len(rows) == 1 else None  # the reused-analysis tick
-        with CaptureQueriesContext(connection) as queries:
-            started = time.perf_counter()
+        which = {0: "fresh", 1: "reused"}.get(len(rows))
+        profiler = cProfile.Profile() if args.profile and args.profile == which else None
+        # Count and time statements with an execute wrapper: what the tick does, at the cost of two
+        # clock reads per statement (the debug cursor costs far more; see --debug-cursor).
+        statements: list[tuple[str, float]] = []
+
+        def count(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                statements.append((sql, time.perf_counter() - t))
+
+        debug = CaptureQueriesContext(connection) if args.debug_cursor else contextlib.nullcontext()
+        with connection.execute_wrapper(count), debug:
+            started, cpu_started = time.perf_counter(), time.process_time()
             if profiler:
                 profiler.enable()
             outcomes = services.ramps_advance_due(now=now, budget_s=budget_s)
             if profiler:
                 profiler.disable()
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        if profiler:
+            print(f"\n--- cProfile: {label} ---")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+            if args.profile_out:
+                profiler.dump_stats(args.profile_out)
+        if args.queries and which == "fresh":
+            print_query_shapes(label, statements, args.queries)
         kinds: dict[str, int] = {}
         for o in outcomes:
             kinds[str(o.outcome)] = kinds.get(str(o.outcome), 0) + 1
-        rows.append((label, len(outcomes), elapsed, len(queries), kinds))
+        sql_s = sum(t for _, t in statements)
+        rows.append((label, len(outcomes), elapsed, cpu, sql_s, len(statements), kinds))
 
     minute = dt.timedelta(minutes=1)
     young = t0 + dt.timedelta(hours=3)
@@ -139,18 +187,44 @@ def main() -> None:
     print(
         f"\nbench/ramps.py — {args.ramps} running ramps, {args.units} units each, {vendor}; setup {setup_s:.1f} s"
     )
-    print(f"{'tick':<40} {'ramps':>6} {'seconds':>9} {'ms/ramp':>8} {'queries':>8}  outcomes")
-    for label, n, elapsed, queries, kinds in rows:
-        per = elapsed * 1000 / n if n else 0.0
-        print(f"{label:<40} {n:>6} {elapsed:>9.3f} {per:>8.1f} {queries:>8}  {kinds}")
-    steady = rows[1][2]
-    budgeted = rows[3]
     print(
-        f"\ngoal: one tick over {args.ramps} running ramps ≤ 2 s (analyses reused within 5 min): "
-        f"{steady:.3f} s → {'OK' if steady <= 2 and rows[1][1] == args.ramps else 'MISSED'}; "
-        f"with a fresh analysis of every ramp: {rows[0][2]:.3f} s (bounded by the budget: {budgeted[2]:.3f} s, "
-        f"{budgeted[1]} ramps, the rest deferred to the next tick)"
+        f"load average (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs"
     )
+    print(
+        f"{'tick':<40} {'ramps':>6} {'seconds':>9} {'cpu s':>7} {'sql s':>7} {'ms/ramp':>8} {'queries':>8}  outcomes"
+    )
+    for label, n, elapsed, cpu, sql_s, queries, kinds in rows:
+        per = elapsed * 1000 / n if n else 0.0
+        print(
+            f"{label:<40} {n:>6} {elapsed:>9.3f} {cpu:>7.3f} {sql_s:>7.3f} {per:>8.1f} {queries:>8}  {kinds}"
+        )
+    fresh, reused, budgeted = rows[0], rows[1], rows[3]
+    print(
+        f"\ngoal: one tick over {args.ramps} running ramps, every ramp's gates on a fresh analysis, ≤ 2 s: "
+        f"{fresh[2]:.3f} s → {'OK' if fresh[2] <= 2 and fresh[1] == args.ramps else 'MISSED'}; "
+        f"analyses reused within 5 min: {reused[2]:.3f} s; with the default 1.5 s budget: {budgeted[2]:.3f} s, "
+        f"{budgeted[1]} ramps (the rest deferred to the next tick)"
+    )
+
+
+def print_query_shapes(label: str, statements: list[tuple[str, float]], top: int) -> None:
+    """SQL grouped by shape (literals folded), most frequent first: where the per-ramp queries are."""
+    import re
+
+    shapes: dict[str, list[float]] = {}
+    for sql, seconds in statements:
+        sql = re.sub(r"'(?:[^']|'')*'", "?", sql)
+        sql = re.sub(r'"s\d+_x\d+"', "?", sql)  # savepoint names
+        sql = re.sub(r"-?\b\d+(\.\d+)?(e[-+]?\d+)?\b", "?", sql)
+        sql = re.sub(r"\((?:(?:%s|\?), )+(?:%s|\?)\)", "(…)", sql)
+        sql = " ".join(sql.split())
+        shape = shapes.setdefault(sql[:200], [0, 0.0])
+        shape[0] += 1
+        shape[1] += seconds * 1000
+    print(f"\n--- SQL shapes: {label} ({len(statements)} statements, {len(shapes)} shapes) ---")
+    print(f"{'count':>6} {'ms':>8}  statement")
+    for sql, (count, ms) in sorted(shapes.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:top]:
+        print(f"{count:>6} {ms:>8.1f}  {sql}")
 
 
 if __name__ == "__main__":

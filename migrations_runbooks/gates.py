@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -686,6 +687,29 @@ def analysis_max_age_s() -> float:
 #: Latest analysis run per experiment key, read once per sweep by services.ramps_advance_due
 #: (a context variable: two sweepers in two threads never see each other's).
 latest_runs: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("latest_runs", default={})  # noqa: B039
+#: The experiments of the sweep's due runbooks by key, read in one query by the same sweep.
+#: ``experiments.services.experiment_analyze`` re-reads the row it is given, so one read at the
+#: start of the sweep is as good as one per ramp.
+sweep_experiments: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "sweep_experiments",
+    default={},  # noqa: B039  (read-only; a sweep sets its own)
+)
+
+
+def experiments_by_key(keys: Sequence[str]) -> dict[str, Any]:
+    """The experiments with these keys, in one query (empty when the experiments app is absent)."""
+    try:
+        from experiments.models import Experiment  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    return {e.key: e for e in Experiment.objects.filter(key__in=[k for k in keys if k])}
+
+
+@functools.cache
+def _takes_trigger(analyze: Any) -> bool:
+    import inspect
+
+    return "trigger" in inspect.signature(analyze).parameters
 
 
 def latest_analysis_runs(keys: Sequence[str]) -> dict[str, Any]:
@@ -731,17 +755,16 @@ def fresh_analysis(*, runbook: Any, now: dt.datetime) -> tuple[dict[str, Any] | 
             age = (now - latest.created_at).total_seconds()
             if 0 <= age <= max_age:
                 return {**latest.result, "analysis_run_id": latest.pk, "reused_age_s": age}, ""
-    experiment = runbook.experiment
+    experiment = sweep_experiments.get().get(runbook.experiment_key) or runbook.experiment
     if experiment is None:
         return None, f"experiment {runbook.experiment_key} not found"
     try:
         from experiments.services import experiment_analyze  # type: ignore[attr-defined]
     except ImportError:
         return None, "the experiments analysis service is not installed"
-    import inspect
 
     kwargs: dict[str, Any] = {"experiment": experiment, "now": now}
-    if "trigger" in inspect.signature(experiment_analyze).parameters:
+    if _takes_trigger(experiment_analyze):
         kwargs["trigger"] = "gate"  # AnalysisRun.Trigger.GATE: the run was asked for by a runbook gate
     try:
         with transaction.atomic():

@@ -16,13 +16,16 @@ from migrations_runbooks.services._base import SYSTEM_BEAT, _label
 
 
 class _SweepCache:
-    """Registry facts read once per sweep instead of once per ramp (prices, stack specs, loads).
+    """Facts read once per sweep instead of once per ramp: prices, stack specs, loads, plans, the
+    due runbooks' experiments and (when analyses may be reused) their latest analysis runs.
 
-    A transition updates its surface's load in place, so later ramps in the same sweep see it.
+    ``due`` holds (runbook id, plan version, experiment key). A transition updates its surface's
+    load in place, so later ramps in the same sweep see it.
     """
 
-    def __init__(self, due: list[tuple[int, int]]) -> None:
-        self.plan_versions = dict(due)
+    def __init__(self, due: Sequence[tuple[int, int, str]]) -> None:
+        self.plan_versions = {pk: plan for pk, plan, _ in due}
+        keys = sorted({key for _, _, key in due if key})
         self.prices = capacity.prices_current()
         self.specs = capacity.stack_specs()
         self.loads = capacity.current_loads()
@@ -31,10 +34,10 @@ class _SweepCache:
             "runbook_id", "index"
         ):
             self.steps.setdefault(step.runbook_id, []).append(step)
+        self.experiments = gates.experiments_by_key(keys) if keys else {}
         self.runs: dict[str, Any] = {}
-        if gates.analysis_max_age_s() > 0:
-            keys = Runbook.objects.filter(pk__in=self.plan_versions).exclude(experiment_key="")
-            self.runs = gates.latest_analysis_runs(list(keys.values_list("experiment_key", flat=True)))
+        if keys and gates.analysis_max_age_s() > 0:
+            self.runs = gates.latest_analysis_runs(keys)
 
 
 _sweep: contextvars.ContextVar[_SweepCache | None] = contextvars.ContextVar("runbook_sweep", default=None)

@@ -69,7 +69,7 @@ def ramps_advance_due(
     due = list(
         Runbook.objects.filter(status__in=Runbook.ACTIVE, next_check_at__lte=now)
         .order_by("next_check_at", "pk")
-        .values_list("pk", "plan_version")[:limit]
+        .values_list("pk", "plan_version", "experiment_key")[:limit]
     )
     outcomes = []
     budget = tick_budget_s() if budget_s is None else budget_s
@@ -78,8 +78,9 @@ def ramps_advance_due(
     cache = _SweepCache(due) if due else None
     token = _sweep.set(cache)
     runs_token = gates.latest_runs.set(cache.runs if cache else {})
+    experiments_token = gates.sweep_experiments.set(cache.experiments if cache else {})
     try:
-        for done, (pk, _plan) in enumerate(due):
+        for done, (pk, *_) in enumerate(due):
             # At least one ramp per sweep, so a tiny budget can slow the sweep but never stall it.
             if done and budget and time.perf_counter() - started > budget:
                 log.warning(
@@ -94,6 +95,7 @@ def ramps_advance_due(
     finally:
         _sweep.reset(token)
         gates.latest_runs.reset(runs_token)
+        gates.sweep_experiments.reset(experiments_token)
     try:
         from migrations_runbooks.notifications import notifications_redeliver_due
 
@@ -117,7 +119,7 @@ def runbook_tick(*, runbook_id: int, now: dt.datetime) -> TickOutcome | None:
     """Evaluate one runbook if it is still due; None when another sweeper holds it or it is not due."""
     rb = (
         Runbook.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("surface", "target_stack", "depends_on")
+        .select_related("surface", "target_stack")  # depends_on: read only while scheduled
         .filter(pk=runbook_id, status__in=Runbook.ACTIVE, next_check_at__lte=now)
         .first()
     )
