@@ -76,6 +76,18 @@ DEMO_STEPS = [
 # has no variance to test against: the analysis reports it "not computable" and the gate holds the
 # ramp for ever. A small baseline failure rate, the same on every stack, keeps that guardrail honest.
 BASELINE_ERROR_RATE = 0.004
+# Rare-event guardrails at demo scale. The standard design guards integrity-violating impressions
+# (±5 %) and errors (±10 %) by non-inferiority; with 1,200 users a day their intervals stay at
+# ±100 % and more, and the readout asks for 10⁴–10⁵ more days, so pages could never ship. The demo
+# PM therefore changes the locked design once the runbook's experiment exists — an audited change
+# with this reason, the way a real program documents it — and monitors the two as secondaries
+# (still reported, Holm-adjusted, in every readout). A real migration keeps them as guardrails and
+# waits the days the readout states.
+DEMO_SECONDARY = ("integrity_rate", "error_rate")
+DEMO_DESIGN_REASON = (
+    "demo scale: 1,200 users a day cannot power the rare-event guardrails (integrity rate, error rate); "
+    "they are monitored as secondaries"
+)
 
 
 def env_float(name: str, default: float) -> float:
@@ -347,6 +359,7 @@ class Command(BaseCommand):
             self.say(f"day {day_index + 1} ({day}): " + "; ".join(served))
             now = dt.datetime.combine(day, dt.time(23, 59), tzinfo=dt.UTC)
             self.report_ticks(self.tick(now, options), runbook_of)
+            self.demo_scale_design(runbook_of, now)
             if self.approve(runbook_of, now):
                 # The sweep a minute later acts on the approvals (as beat would, every minute).
                 now += dt.timedelta(minutes=2)
@@ -396,6 +409,40 @@ class Command(BaseCommand):
                 self.say(f"held with no step change for {still} simulated days; stopping the demo here")
                 break
             time.sleep(max(0.0, options["seconds_per_day"]))
+
+    def demo_scale_design(self, runbook_of: dict[str, Any], now: dt.datetime) -> None:
+        """Once a runbook's experiment exists, make its rare-event guardrails secondaries (audited)."""
+        from experiments.models import Experiment
+        from experiments.services import experiment_update_design
+
+        operator = get_user_model().objects.get(username="pm")
+        for key, rb in runbook_of.items():
+            rb.refresh_from_db()
+            if not rb.experiment_key:
+                continue
+            experiment = Experiment.objects.filter(key=rb.experiment_key).first()
+            if experiment is None or experiment.status != Experiment.Status.RUNNING:
+                continue
+            rows = list(experiment.metrics.select_related("metric").order_by("position", "id"))
+            if not any(m.metric.key in DEMO_SECONDARY and m.role == "guardrail" for m in rows):
+                continue
+            metrics = [
+                {
+                    "metric": m.metric.key,
+                    "role": "secondary" if m.metric.key in DEMO_SECONDARY else m.role,
+                    "margin_kind": m.margin_kind,
+                    "margin": m.margin,
+                    "cuped": m.cuped,
+                    "direction": m.direction,
+                }
+                for m in rows
+            ]
+            experiment_update_design(
+                experiment=experiment, actor=operator, reason=DEMO_DESIGN_REASON, now=now, metrics=metrics
+            )
+            self.say(
+                f"{key}: {operator.username} changed the locked design of {experiment.key}: {DEMO_DESIGN_REASON}"
+            )
 
     def where(self, rb: Any) -> str:
         if rb.status in FINAL or rb.current_step < 0:
