@@ -354,6 +354,29 @@ def sequential_worse(metric: Mapping[str, Any], alpha: float = 0.05) -> bool | N
     return float(p) < float(seq.get("alpha") or alpha) and float(diff) * bad > 0
 
 
+def _harm_beyond_margin(metric: Mapping[str, Any]) -> bool | None:
+    """Whether the point estimate of harm exceeds the metric's margin; None without a margin.
+
+    A guardrail that is significantly worse than control but whose estimated harm is within its
+    tolerance is held (more data settles it); one whose estimated harm is beyond the tolerance is
+    a breach and rolls back. Relative margins compare the relative lift, absolute ones the difference.
+    """
+    margin = metric.get("margin")
+    if margin is None:
+        return None
+    relative = metric.get("margin_kind", "relative") == "relative"
+    value = metric.get("rel_lift") if relative else metric.get("diff")
+    if value is None:
+        return None
+    return float(value) * _bad_side(metric) > float(margin)
+
+
+def _fmt_ci(ci: Any) -> str:
+    if isinstance(ci, Sequence) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+    return str(ci)
+
+
 def _metric_value(metric: Mapping[str, Any]) -> tuple[float | None, str]:
     if metric.get("rel_lift") is not None:
         return float(metric["rel_lift"]), "relative lift"
@@ -398,13 +421,19 @@ def _metric_gates(analysis: Mapping[str, Any], *, role: str, mature: bool) -> li
             worse = (seq_worse and not shown_fine) or verdict == "inferior"
         if worse:
             how = "always-valid interval" if seq_worse is not None else f"verdict {verdict}"
+            breach = role == "guardrail" and (verdict == "inferior" or _harm_beyond_margin(m) is not False)
+            detail = (
+                f"{subject} significantly worse ({how}; {what} {value:+.4g}, CI of the difference {_fmt_ci(m.get('ci'))})"
+                if value is not None
+                else f"{subject} significantly worse ({how})"
+            )
+            if role == "guardrail" and not breach:
+                detail += f"; the estimated harm is within its margin {m.get('margin')}: held until shown non-inferior"
             out.append(
                 Gate(
                     role,
-                    ROLLBACK if role == "guardrail" else HOLD,
-                    f"{subject} significantly worse ({how}; {what} {value:+.4g}, CI {m.get('ci')})"
-                    if value is not None
-                    else f"{subject} significantly worse ({how})",
+                    ROLLBACK if breach else HOLD,
+                    detail,
                     subject=subject,
                     value=value,
                     threshold=threshold if threshold is not None else 0.0,

@@ -262,3 +262,24 @@ def test_limits_and_unknown_throughput():
     assert not check.ok and not check.computable and "no measured throughput" in check.reason
     gate = gates.capacity_gate(check, subject="100%")
     assert gate.outcome == HOLD
+
+
+def test_significantly_worse_within_the_margin_holds_and_beyond_it_rolls_back():
+    """A guardrail worse than control is a breach only when its estimated harm exceeds the margin."""
+    worse = {"ci": [0.0002, 0.0009], "computable": True}
+    result = analysis_result(hide_verdict="inconclusive", hide_sequential=worse)
+    for m in result["metrics"]:
+        if m["metric"] == "hide_report_rate":
+            m.update(margin=0.03, margin_kind="relative", treatment_mean=0.0204, rel_lift=0.02, diff=0.0004)
+    gates_ = evaluate(facts(), analysis=result)
+    assert summarize(gates_) == HOLD
+    [held] = [g for g in gates_ if g.outcome == HOLD]
+    assert "within its margin" in held.reason and held.subject == "hide_report_rate/pooled"
+    for m in result["metrics"]:
+        if m["metric"] == "hide_report_rate":
+            m.update(treatment_mean=0.0212, rel_lift=0.06, diff=0.0012)
+    assert outcome(result) == ROLLBACK
+    # Absolute margins compare the difference (latency in ms, lower is better).
+    m = metric("latency_p99", "guardrail", direction="lower", control_mean=40.0, treatment_mean=60.0)
+    assert gates._harm_beyond_margin({**m, "margin": 25.0, "margin_kind": "absolute"}) is False
+    assert gates._harm_beyond_margin({**m, "margin": 15.0, "margin_kind": "absolute"}) is True
