@@ -374,7 +374,7 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
         "treatment": sum(u["treatment"] for u in units_by_pop.values()),
         "by_population": units_by_pop,
     }
-    srm = _srm(design, by_version, units_by_pop)
+    srm = _srm(stable, by_version, units_by_pop)
     weights = {
         p: float(design.populations.get(p, 0.0)) or float(sum(units_by_pop[p].values())) for p in populations
     }
@@ -412,7 +412,7 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
                 continue
             entries.append(_entry(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs))
 
-    health = _health(design, inputs, units, srm, entries, totals, strata, aggregates, populations)
+    health = _health(design, stable, inputs, units, srm, entries, totals, strata, aggregates, populations)
     decision = _decide(design, entries, health, srm, units, daily, inputs.as_of)
     return {
         "computed_at": computed_at,
@@ -581,11 +581,12 @@ def _sequential_from_dict(data: Mapping[str, Any]) -> stats.SequentialResult | N
 
 
 # -- 5. SRM and health --------------------------------------------------------------------------
-def _expected_share(design: Design, versions: Mapping[str, Mapping[int, int]]) -> float | None:
+def _expected_share(
+    stable: Mapping[int, StableRange], versions: Mapping[str, Mapping[int, int]]
+) -> float | None:
     """Expected treatment share of the analysed units, mixing the kept split of each version."""
     total = 0
     weighted = 0.0
-    stable = design.stable()
     for arm_versions in versions.values():
         for version, n in arm_versions.items():
             rng = stable.get(version)
@@ -598,7 +599,7 @@ def _expected_share(design: Design, versions: Mapping[str, Mapping[int, int]]) -
 
 
 def _srm(
-    design: Design,
+    stable: Mapping[int, StableRange],
     by_version: Mapping[str, Mapping[str, Mapping[int, int]]],
     units_by_pop: Mapping[str, Mapping[str, int]],
 ) -> dict[str, Any]:
@@ -606,7 +607,7 @@ def _srm(
     pooled_observed = [0, 0]
     pooled_expected = [0.0, 0.0]
     for pop, counts in units_by_pop.items():
-        share = _expected_share(design, by_version.get(pop, {}))
+        share = _expected_share(stable, by_version.get(pop, {}))
         observed = [counts["control"], counts["treatment"]]
         pooled_observed = [pooled_observed[0] + observed[0], pooled_observed[1] + observed[1]]
         out[pop] = _srm_entry(observed, share)
@@ -645,6 +646,7 @@ def _srm_entry(observed: list[int], share: float | None) -> dict[str, Any]:
 
 def _health(
     design: Design,
+    stable: Mapping[int, StableRange],
     inputs: Inputs,
     units: Mapping[str, Any],
     srm: Mapping[str, Any],
@@ -725,7 +727,7 @@ def _health(
                 lambda c, t: stats.welch(covariate(c), covariate(t), design.alpha),
                 totals,
                 strata,
-                design.stable(),
+                stable,
                 pop,
                 design.alpha,
             )
