@@ -459,20 +459,23 @@ def bench_ingest(
                   f"{total_events / total_seconds:,.0f} events/s", "≥ 20k events/s"))  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command")
-    lg = sub.add_parser("loadgen")
+def loadgen_parser(doc: str | None, *, duration: float, concurrency: int) -> tuple[Any, Any]:
+    """(parser, loadgen sub-parser): the load generator runs as a second process of the bench."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lg = parser.add_subparsers(dest="command").add_parser("loadgen")
     lg.add_argument("--url", required=True)
     lg.add_argument("--token", required=True)
     lg.add_argument("--out", required=True)
-    lg.add_argument("--surface", default="pages")
     lg.add_argument("--rate", type=float, default=50)
-    lg.add_argument("--duration", type=float, default=20)
-    lg.add_argument("--concurrency", type=int, default=16)
+    lg.add_argument("--duration", type=float, default=duration)
+    lg.add_argument("--concurrency", type=int, default=concurrency)
     lg.add_argument("--units", type=int, default=1500)
+    return parser, lg
+
+
+def main() -> None:
+    parser, lg = loadgen_parser(__doc__, duration=20, concurrency=16)
+    lg.add_argument("--surface", default="pages")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--world", default="small", choices=["small", "default"])
     parser.add_argument("--rate", type=float, default=50)

@@ -577,18 +577,10 @@ def summarize(args: argparse.Namespace, intervals: list[Interval], started: floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command")
-    lg = sub.add_parser("loadgen")
-    lg.add_argument("--url", required=True)
-    lg.add_argument("--token", required=True)
-    lg.add_argument("--out", required=True)
-    lg.add_argument("--rate", type=float, default=50)
-    lg.add_argument("--duration", type=float, default=600)
-    lg.add_argument("--concurrency", type=int, default=32)
-    lg.add_argument("--units", type=int, default=1500)
+    sys.path.insert(0, str(ROOT))
+    from bench.serving import loadgen_parser
+
+    parser, lg = loadgen_parser(__doc__, duration=600, concurrency=32)
     lg.add_argument("--ingest-units", type=int, default=5000)
     lg.add_argument("--events-every", type=float, default=2.0)
     lg.add_argument("--events-per-batch", type=int, default=2000)
@@ -622,7 +614,6 @@ def main() -> None:
     if args.command == "loadgen":
         loadgen(args)
         return
-    sys.path.insert(0, str(ROOT))
     from bench.serving import throwaway_postgres
 
     with (
