@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import json
 
 import pytest
 from django.utils import timezone
@@ -228,6 +230,43 @@ def test_ingestion_needs_the_operator_role_and_a_known_surface(known_units, view
         "/api/v1/ingest/metric-rows/", {**payload, "rows": {"a": 1}}, format="json"
     )
     assert not_a_list.status_code == 400 and "rows" in not_a_list.json()["errors"]
+
+
+@pytest.mark.sqlite_path
+@pytest.mark.parametrize("surface, expected", [("pages", 201), ("nope", 404)])
+def test_a_finished_ingestion_request_keeps_neither_its_body_nor_its_rows(
+    known_units, operator_client, surface, expected
+):
+    """Issue 10's soak: the body and the parsed rows go when the response is closed.
+
+    DRF's and Django's requests are reference cycles, so whatever they hold waits for the cyclic
+    collector, which in a gunicorn worker rarely runs a full collection: every batch stayed
+    resident. With the collector off, nothing may be left holding them once the response is done.
+    """
+    from django.core.handlers.wsgi import WSGIRequest
+
+    n = 1237  # a length no other list here has
+    ts = (NOW - dt.timedelta(hours=1)).isoformat()
+    events = [{"unit_id": f"u{i % 10}", "ts": ts, "type": "impression"} for i in range(n)]
+    body = json.dumps({"client_batch_id": f"mem-{surface}", "surface": surface, "events": events})
+    del events
+
+    def held() -> dict[str, int]:
+        objects = gc.get_objects()
+        return {
+            "parsed rows": sum(1 for o in objects if type(o) is list and len(o) == n),
+            "request bodies": sum(1 for o in objects if isinstance(o, WSGIRequest) and "_body" in vars(o)),
+        }
+
+    gc.collect()
+    gc.disable()
+    try:
+        response = operator_client.post("/api/v1/ingest/events/", body, content_type="application/json")
+        assert response.status_code == expected, response.content
+        del response
+        assert held() == {"parsed rows": 0, "request bodies": 0}
+    finally:
+        gc.enable()
 
 
 @pytest.mark.sqlite_path
