@@ -287,16 +287,25 @@ def bench_router(
 
 
 def start_gunicorn(
-    args: argparse.Namespace, env: dict[str, str], workdir: Path, token: str
+    args: argparse.Namespace,
+    env: dict[str, str],
+    workdir: Path,
+    token: str,
+    *,
+    workers: int | None = None,
+    threads: int | None = None,
+    name: str = "gunicorn",
 ) -> tuple[str, Callable[[], None]]:
-    """gunicorn on a free loopback port; (url, stop)."""
+    """gunicorn on a free loopback port (``args.workers`` × ``args.threads`` unless given); (url, stop).
+    Its log is ``workdir/<name>.log``."""
     import requests
 
     port = free_port()
-    log = (workdir / "gunicorn.log").open("w")
+    log = (workdir / f"{name}.log").open("w")
     gunicorn = subprocess.Popen(
         [str(Path(PY).parent / "gunicorn"), "controlplane.wsgi:application", "-b", f"127.0.0.1:{port}",
-         "-w", str(args.workers), "--threads", str(args.threads), "--log-level", "warning", "--timeout", "120"],
+         "-w", str(workers or args.workers), "--threads", str(threads or args.threads), "--log-level", "warning",
+         "--timeout", "120"],
         cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -320,7 +329,7 @@ def start_gunicorn(
             pass
         if time.monotonic() > deadline or gunicorn.poll() is not None:
             stop()
-            raise SystemExit("gunicorn did not come up:\n" + (workdir / "gunicorn.log").read_text()[-3000:])
+            raise SystemExit(f"{name} did not come up:\n" + (workdir / f"{name}.log").read_text()[-3000:])
         time.sleep(0.5)
 
 

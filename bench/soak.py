@@ -9,6 +9,10 @@ What runs (issue 10, part 6), set up with bench/serving.py's helpers:
 * gunicorn serving ``controlplane.wsgi`` on loopback; *pages* at 50 % on the unified stack, and
   10 % of the requests served by a legacy stack re-ranked by the unified stack in a Celery task
   (``shadow_score_task``) — so Redis and a real ``celery worker`` are in the loop;
+* ingestion served by a second gunicorn pool of its own (``--ingest-workers``, 1 worker × 2
+  threads; 0 sends it to the rank pool instead), as production should route ``/api/v1/ingest/``
+  (README, "Serving and ingestion pools"): a batch holds the GIL for most of its ~100 ms of
+  parsing, validation and COPY, and in a rank worker the rank threads wait behind it;
 * a load generator in a second process: open-loop ``POST /api/v1/surfaces/pages/rank`` at
   ``--rate`` requests/s (latency from each request's *scheduled* send time, as bench/serving.py,
   so a stall is charged to every request queued behind it), and an ingestion client: a batch of
@@ -17,12 +21,13 @@ What runs (issue 10, part 6), set up with bench/serving.py's helpers:
   a fresh ``client_batch_id``;
 * every ``--sample`` s one table row for that interval: rank p50/p99 and throughput, errors,
   ingestion rates and p99, shadow comparisons written and the shadow queue depth, and the resident
-  memory (RSS, from /proc) of the gunicorn workers and of the celery worker (main + pool process).
+  memory (RSS, from /proc) of the rank pool's gunicorn workers, of the ingestion pool's and of the
+  celery worker (main + pool process).
 
 The summary compares with the goals: **zero errors** (any non-2xx, transport error or rejected row)
 and **memory flat within 10 %** from the end of the warm-up (``--warmup``, 60 s) to the end, for
-the gunicorn workers and the celery worker each. The p99 drift (last interval against the first
-after the warm-up) is reported beside them. Exit status 1 when a goal is missed.
+the rank pool, the ingestion pool and the celery worker each. The p99 drift (last interval against
+the first after the warm-up) is reported beside them. Exit status 1 when a goal is missed.
 """
 
 from __future__ import annotations
@@ -119,7 +124,9 @@ def loadgen(args: argparse.Namespace) -> None:
         sent = time.perf_counter()
         accepted = 0
         try:
-            r = session().post(f"{args.url}/api/v1/ingest/{endpoint}/", data=body, timeout=120)
+            r = session().post(
+                f"{args.ingest_url or args.url}/api/v1/ingest/{endpoint}/", data=body, timeout=120
+            )
             status = r.status_code
             if status == 201:
                 accepted = int(r.json()["accepted"])
@@ -273,6 +280,8 @@ class Interval:
     queue: int = 0
     gunicorn_rss: int = 0
     gunicorn_workers: int = 0
+    ingest_rss: int = 0
+    ingest_workers: int = 0
     celery_rss: int = 0
 
     @property
@@ -404,17 +413,34 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
     worker = start_worker(env, workdir)
     gen: subprocess.Popen[bytes] | None = None
     stop_gunicorn: Any = None
+    stop_ingest: Any = None
     records_path = workdir / "records.csv"
     intervals: list[Interval] = []
     try:
         url, stop_gunicorn = start_gunicorn(args, env, workdir, token)
+        ingest_url = url
+        if args.ingest_workers > 0:
+            ingest_url, stop_ingest = start_gunicorn(
+                args, env, workdir, token, workers=args.ingest_workers, threads=args.ingest_threads,
+                name="ingest-gunicorn",
+            )  # fmt: skip
         prime(url, token, args.workers * args.threads)
-        master = next((p for p in children(os.getpid()) if "gunicorn" in cmdline(p)), None)
-        if master is None:
-            raise SystemExit("gunicorn master process not found")
+
+        def master_of(pool_url: str) -> int:
+            bind = pool_url.removeprefix("http://")
+            pid = next(
+                (p for p in children(os.getpid()) if "gunicorn" in cmdline(p) and bind in cmdline(p)), None
+            )
+            if pid is None:
+                raise SystemExit(f"gunicorn master process for {bind} not found")
+            return pid
+
+        master = master_of(url)
+        ingest_master = master_of(ingest_url) if ingest_url != url else None
         records_path.write_text("")
         gen = subprocess.Popen(
-            [PY, str(Path(__file__).resolve()), "loadgen", "--url", url, "--token", token, "--out", str(records_path),
+            [PY, str(Path(__file__).resolve()), "loadgen", "--url", url, "--ingest-url", ingest_url, "--token", token,
+             "--out", str(records_path),
              "--rate", str(args.rate), "--duration", str(args.duration), "--concurrency", str(args.concurrency),
              "--units", str(n_users), "--ingest-units", str(args.ingest_units),
              "--events-every", str(args.events_every), "--events-per-batch", str(args.events_per_batch),
@@ -434,12 +460,17 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
         header = (
             f"{'t (s)':>7} {'phase':<7} {'rank/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'errors':>6} {'events/s':>9} "
             f"{'rows/s':>7} {'ingest p99 ms':>13} {'shadow/s':>8} {'queue':>5} {'gunicorn RSS MB':>17} "
-            f"{'celery RSS MB':>13}"
+            f"{'ingest RSS MB':>15} {'celery RSS MB':>13}"
         )
         print(
             f"\nsoak: {args.duration:.0f} s at {args.rate:g} rank rps + {args.events_per_batch} events every "
             f"{args.events_every:g} s + {args.rows_per_batch} metric rows every {args.rows_every:g} s; "
-            f"warm-up {args.warmup:.0f} s; gunicorn {args.workers} workers × {args.threads} threads\n",
+            f"warm-up {args.warmup:.0f} s; rank pool: gunicorn {args.workers} workers × {args.threads} threads; "
+            + (
+                f"ingestion pool: {args.ingest_workers} workers × {args.ingest_threads} threads\n"
+                if ingest_master
+                else "ingestion served by the rank pool\n"
+            ),
             flush=True,
         )
         print(header)
@@ -458,6 +489,10 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
             workers = children(master)
             iv.gunicorn_workers = len(workers)
             iv.gunicorn_rss = sum(rss(p) for p in workers)
+            if ingest_master is not None:
+                ingest_workers = children(ingest_master)
+                iv.ingest_workers = len(ingest_workers)
+                iv.ingest_rss = sum(rss(p) for p in ingest_workers)
             iv.celery_rss = rss(worker.pid) + sum(rss(p) for p in children(worker.pid))
             iv.queue = int(queue.llen("celery"))
             last = boundary >= end
@@ -480,7 +515,9 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
                 f"{iv.end - started:7.0f} {phase:<7} {iv.rank_ok / iv.seconds:7.1f} {pct(iv.rank_ms, 50):7.1f} "
                 f"{pct(iv.rank_ms, 99):8.1f} {sum(iv.errors.values()):6d} {iv.events / iv.seconds:9.0f} "
                 f"{iv.rows / iv.seconds:7.0f} {pct(iv.ingest_ms, 99):13.0f} {iv.shadow_done / iv.seconds:8.1f} "
-                f"{iv.queue:5d} {iv.gunicorn_rss / MB:11.0f} ({iv.gunicorn_workers}w) {iv.celery_rss / MB:13.0f}",
+                f"{iv.queue:5d} {iv.gunicorn_rss / MB:11.0f} ({iv.gunicorn_workers}w) "
+                f"{(f'{iv.ingest_rss / MB:.0f} ({iv.ingest_workers}w)' if ingest_master else '-'):>15} "
+                f"{iv.celery_rss / MB:13.0f}",
                 flush=True,
             )
     finally:
@@ -488,6 +525,8 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
             gen.terminate()
         if stop_gunicorn is not None:
             stop_gunicorn()
+        if stop_ingest is not None:
+            stop_ingest()
         worker.terminate()
         try:
             worker.wait(30)
@@ -507,7 +546,7 @@ def show_failures(workdir: Path, records_path: Path) -> None:
     print(f"\n{len(lines)} failed requests; the first {min(len(lines), 20)}:")
     for line in lines[:20]:
         print("  " + line)
-    for name in ("gunicorn.log", "worker.log"):
+    for name in ("gunicorn.log", "ingest-gunicorn.log", "worker.log"):
         log = workdir / name
         if log.exists():
             tail = log.read_text(errors="replace").splitlines()[-40:]
@@ -546,6 +585,8 @@ def summarize(args: argparse.Namespace, intervals: list[Interval], started: floa
     mem_from = warm[-1]
     g_growth = 100 * (last.gunicorn_rss - mem_from.gunicorn_rss) / mem_from.gunicorn_rss
     c_growth = 100 * (last.celery_rss - mem_from.celery_rss) / mem_from.celery_rss
+    pooled = mem_from.ingest_rss > 0
+    i_growth = 100 * (last.ingest_rss - mem_from.ingest_rss) / mem_from.ingest_rss if pooled else 0.0
     rows = [
         ("rank requests (whole run)", f"{requests} sent, {sum(iv.rank_ok for iv in intervals)} ok", ""),
         ("rank latency after warm-up", f"p50 {pct(all_ms, 50):.1f} ms, p99 {pct(all_ms, 99):.1f} ms", "(p99 ≤ 40 ms, issue 6)"),
@@ -554,8 +595,11 @@ def summarize(args: argparse.Namespace, intervals: list[Interval], started: floa
         ("ingestion batches", f"{batches}: {sum(iv.events for iv in intervals)} events, "
                               f"{sum(iv.rows for iv in intervals)} metric rows accepted", ""),
         ("errors (whole run, incl. warm-up)", f"{total_errors} {errors_by_kind or ''}".strip(), "0"),
-        ("gunicorn workers RSS, end of warm-up → end",
+        ("gunicorn workers RSS, end of warm-up → end" + (" (rank pool)" if pooled else ""),
          f"{mem_from.gunicorn_rss / MB:.0f} → {last.gunicorn_rss / MB:.0f} MB ({g_growth:+.1f} %)", "within ±10 %"),
+        *([("gunicorn workers RSS, end of warm-up → end (ingestion pool)",
+            f"{mem_from.ingest_rss / MB:.0f} → {last.ingest_rss / MB:.0f} MB ({i_growth:+.1f} %)", "within ±10 %")]
+          if pooled else []),
         ("celery worker RSS, end of warm-up → end",
          f"{mem_from.celery_rss / MB:.0f} → {last.celery_rss / MB:.0f} MB ({c_growth:+.1f} %)", "within ±10 %"),
     ]  # fmt: skip
@@ -568,6 +612,8 @@ def summarize(args: argparse.Namespace, intervals: list[Interval], started: floa
         missed.append(f"{total_errors} errors")
     if abs(g_growth) > 10:
         missed.append(f"gunicorn memory {g_growth:+.1f} %")
+    if abs(i_growth) > 10:
+        missed.append(f"ingestion pool memory {i_growth:+.1f} %")
     if abs(c_growth) > 10:
         missed.append(f"celery memory {c_growth:+.1f} %")
     print(
@@ -582,6 +628,7 @@ def main() -> None:
 
     parser, lg = loadgen_parser(__doc__, duration=600, concurrency=32)
     lg.add_argument("--ingest-units", type=int, default=5000)
+    lg.add_argument("--ingest-url", default="", help="base URL for ingestion (default: --url)")
     lg.add_argument("--events-every", type=float, default=2.0)
     lg.add_argument("--events-per-batch", type=int, default=2000)
     lg.add_argument("--rows-every", type=float, default=10.0)
@@ -595,6 +642,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="load generator threads for rank")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--ingest-workers", type=int, default=1,
+        help="workers of the ingestion pool (0: ingestion goes to the rank pool, the old set-up)",
+    )  # fmt: skip
+    parser.add_argument("--ingest-threads", type=int, default=2)
     parser.add_argument("--world", default="small", choices=["small", "default"])
     parser.add_argument(
         "--shadow-bp", type=int, default=1000, help="share of requests shadowed, basis points"
