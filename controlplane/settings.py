@@ -258,6 +258,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 50},
     },
+    # Fold yesterday's metric rows into each running experiment's analysis rollup soon after
+    # midnight, and again later in case a late batch changed a folded day (experiments/rollups.py).
+    "experiments-rollups-refresh": {
+        "task": "experiments.tasks.rollups_refresh_running",
+        "schedule": crontab(minute="*/15"),
+        "options": {"expires": 600},
+    },
     "experiments-analyze-running": {
         "task": "experiments.tasks.experiments_analyze_running",
         "schedule": crontab(minute=7),

@@ -162,6 +162,23 @@ class AggregateSpec:
         return self.pre_start is not None and self.pre_end is not None and any(m.cuped for m in self.metrics)
 
 
+COUNTER_TABLE = "experiments_metricdaywrite"
+
+
+@dataclass(frozen=True, slots=True)
+class RollupUse:
+    """A per-unit rollup the query reads instead of the metric rows of the days it has folded.
+
+    ``folded`` holds each folded day with the number of transactions that had written its rows
+    when it was folded (experiments/rollups.py, which hands one out only while every one of those
+    numbers is unchanged).
+    """
+
+    table: str
+    folded: tuple[tuple[dt.date, int], ...]
+    counter_table: str = COUNTER_TABLE
+
+
 @dataclass
 class _Columns:
     """Per-unit pivot columns, deduplicated: (base key, period, agg) → column name."""
@@ -212,20 +229,26 @@ def stable_filter(stable: Mapping[int, StableRange] | None, alias: str = "e") ->
     return "\n    AND (" + "\n      OR ".join(clauses) + ")", params
 
 
-def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
-    """The aggregate query as (SQL with %s placeholders, parameters), for Django's cursor."""
+def pivot_columns(
+    spec: AggregateSpec,
+) -> tuple[dict[tuple[str, str, str], str], dict[str, str], list[tuple[str, str]]]:
+    """The per-unit pivot columns, per-unit expressions and output aggregates of a spec.
+
+    Returns ((key, period, agg) → pivot column, per-unit alias → SQL over ``p``-columns written
+    as ``{cN}`` placeholders, [(output alias, SQL aggregate over ``j``)]). Deterministic in the
+    order of ``spec.metrics``: the rollup tables (experiments/rollups.py) name their columns
+    with it, so a rollup built for a design reads back under the same names.
+    """
     if not spec.metrics:
         raise ValueError("no additive metrics to aggregate")
     columns = _Columns()
-    params: list[Any] = []
     has_pre = spec.has_pre
 
     def unit_value(expression: str, period: str, agg: str) -> str:
         """SQL for a unit's value of ``expression`` (keys joined by +) in ``period``."""
-        parts = [f"COALESCE(p.{columns.get(k, period, agg)}, 0)" for k in metric_components(expression)]
+        parts = ["{" + columns.get(k, period, agg) + "}" for k in metric_components(expression)]
         return parts[0] if len(parts) == 1 else "(" + " + ".join(parts) + ")"
 
-    # 1. What each metric needs, as per-unit expressions; registers the pivot columns.
     outputs: list[tuple[str, str]] = []  # (alias, SQL aggregate over joined rows)
     joined_exprs: dict[str, str] = {}
 
@@ -281,30 +304,116 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
                 outputs.append((alias, f"SUM(j.{_alias_col(a)})"))
             else:
                 outputs.append((alias, f"SUM(j.{_alias_col(a)} * j.{_alias_col(b)})"))
+    return dict(columns.names), joined_exprs, outputs
 
-    # 2. Per-unit pivot of the metric rows: one conditional aggregate per (key, period, agg).
+
+def _periods(spec: AggregateSpec) -> tuple[tuple[str, str], tuple[str, str] | None]:
     window = (spec.window_start.isoformat(), spec.window_end.isoformat())
     pre = (
         (spec.pre_start.isoformat(), spec.pre_end.isoformat())
-        if has_pre and spec.pre_start and spec.pre_end
+        if spec.has_pre and spec.pre_start and spec.pre_end
         else None
     )
+    return window, pre
+
+
+def _pivot_select(
+    spec: AggregateSpec, names: Mapping[tuple[str, str, str], str], day_condition: str, alias: str = "m"
+) -> tuple[str, list[Any]]:
+    """``SELECT unit_id, <one conditional aggregate per pivot column> … GROUP BY unit_id``.
+
+    ``day_condition`` further restricts the rows read (SQL over ``m.day``, no parameters).
+    """
+    window, pre = _periods(spec)
     pivot_sql: list[str] = []
-    pivot_params: list[Any] = []
-    for (key, period, agg), col in columns.names.items():
+    params: list[Any] = []
+    for (key, period, agg), col in names.items():
         lo, hi = window if period == "w" else pre  # type: ignore[misc]
         fn = "MAX" if agg == "max" else "SUM"
         pivot_sql.append(
-            f"{fn}(CASE WHEN m.metric = %s AND m.day >= %s AND m.day <= %s THEN m.value END) AS {col}"
+            f"{fn}(CASE WHEN {alias}.metric = %s AND {alias}.day >= %s AND {alias}.day <= %s "
+            f"THEN {alias}.value END) AS {col}"
         )
-        pivot_params += [key, lo, hi]
-    keys = sorted({k for (k, _p, _a) in columns.names})
+        params += [key, lo, hi]
+    keys = sorted({k for (k, _p, _a) in names})
     day_lo = min(window[0], pre[0]) if pre else window[0]
     day_hi = max(window[1], pre[1]) if pre else window[1]
+    sql = (
+        f"SELECT {alias}.unit_id,\n    " + ",\n    ".join(pivot_sql) + "\n"
+        f"  FROM {_check_table(spec.metric_table)} {alias}\n"
+        f"  WHERE {alias}.surface_id = %s AND {alias}.metric IN ({', '.join(['%s'] * len(keys))})\n"
+        f"    AND {alias}.day >= %s AND {alias}.day <= %s{day_condition}\n"
+        f"  GROUP BY {alias}.unit_id"
+    )
+    return sql, [*params, spec.surface_id, *keys, day_lo, day_hi]
+
+
+def _day_intervals(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """Sorted days as maximal runs of consecutive days: [(first, last), …]."""
+    runs: list[tuple[dt.date, dt.date]] = []
+    for day in sorted(set(days)):
+        if runs and day == runs[-1][1] + dt.timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def _days_between(lo: str, hi: str) -> list[dt.date]:
+    first, last = dt.date.fromisoformat(lo), dt.date.fromisoformat(hi)
+    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def _days_sql(days: Iterable[dt.date], alias: str = "m") -> str:
+    """SQL selecting rows whose day is one of ``days``, as ranges of consecutive days (FALSE: none)."""
+    runs = _day_intervals(days)
+    if not runs:
+        return "FALSE"
+    ranges = " OR ".join(
+        f"{alias}.day BETWEEN '{lo.isoformat()}' AND '{hi.isoformat()}'"
+        if lo != hi
+        else f"{alias}.day = '{lo.isoformat()}'"
+        for lo, hi in runs
+    )
+    return f"({ranges})"
+
+
+def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[str, list[Any]]:
+    """The aggregate query as (SQL with %s placeholders, parameters), for Django's cursor.
+
+    With ``rollup`` (PostgreSQL, experiments/rollups.py, which checked that its folded days are
+    unchanged) each unit's values are its rollup row's plus a pivot of the rows of the days the
+    rollup has not folded. Without it the query is portable SQL over the rows alone.
+    """
+    names, joined_exprs, outputs = pivot_columns(spec)
+    window, _pre = _periods(spec)
     exposure_table = _check_table(spec.exposure_table)
-    metric_table = _check_table(spec.metric_table)
     stable_sql, stable_params = stable_filter(spec.stable)
 
+    # With a rollup: the days the query reads that it has not folded, as ranges. With none left
+    # (every day closed and folded) the metric table is not read at all.
+    unfolded: set[dt.date] = set()
+    if rollup is not None:
+        window, pre = _periods(spec)
+        wanted = set(_days_between(*window)) | (set(_days_between(*pre)) if pre else set())
+        unfolded = wanted - {d for d, _ in rollup.folded}
+    sources = [] if rollup is None else ["r"]
+    if rollup is None or unfolded:
+        sources.append("p")
+
+    def column(col: str) -> str:
+        """A unit's value of one pivot column: the rollup's plus the rows' (0 when neither has it)."""
+        agg = next(a for (_k, _p, a), c in names.items() if c == col)
+        if len(sources) == 1:
+            return f"COALESCE({sources[0]}.{col}, 0)"
+        if agg == "max":
+            return f"COALESCE(GREATEST(p.{col}, r.{col}), 0)"
+        return f"(COALESCE(p.{col}, 0) + COALESCE(r.{col}, 0))"
+
+    joined = {
+        name: expr.format_map({c: column(c) for c in names.values()}) for name, expr in joined_exprs.items()
+    }
+    params: list[Any] = [spec.surface_id, spec.salt, window[1], *stable_params]
     # Per-unit pivot first (one hash aggregate over the metric rows), then a join to the
     # exposures and the group sums. On PostgreSQL ``run_query`` disables nested loops for the
     # transaction: on never-analysed tables the planner's one-row estimates would otherwise pick a
@@ -316,27 +425,57 @@ def build_query(spec: AggregateSpec) -> tuple[str, list[Any]]:
         "  WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment')\n"
         "    AND date(e.first_exposed_at) <= %s" + stable_sql + "\n"
         "),\n"
-        "p AS (\n"
-        "  SELECT m.unit_id,\n    " + ",\n    ".join(pivot_sql) + "\n"
-        f"  FROM {metric_table} m\n"
-        f"  WHERE m.surface_id = %s AND m.metric IN ({', '.join(['%s'] * len(keys))})\n"
-        "    AND m.day >= %s AND m.day <= %s\n"
-        "  GROUP BY m.unit_id\n"
-        "),\n"
+    )
+    if rollup is None:
+        pivot, pivot_params = _pivot_select(spec, names, "")
+        sql += "p AS (\n  " + pivot + "\n),\n"
+        params += pivot_params
+        source = "FROM units u LEFT JOIN p ON p.unit_id = u.unit_id"
+    else:
+        source = f"FROM units u LEFT JOIN {_check_table(rollup.table)} r ON r.unit_id = u.unit_id"
+        if unfolded:
+            pivot, pivot_params = _pivot_select(spec, names, " AND " + _days_sql(unfolded))
+            sql += "p AS (\n  " + pivot + "\n),\n"
+            params += pivot_params
+            source += " LEFT JOIN p ON p.unit_id = u.unit_id"
+    sql += (
         "j AS (\n"
         "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
-        + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_exprs.items())
+        + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined.items())
         + "\n"
-        "  FROM units u LEFT JOIN p ON p.unit_id = u.unit_id\n"
+        f"  {source}\n"
         ")\n"
         "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
         + "\nFROM j\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
     )
-    params = [spec.surface_id, spec.salt, window[1], *stable_params]
-    params += pivot_params
-    params += [spec.surface_id, *keys, day_lo, day_hi]
+    return sql, params
+
+
+def build_fold(
+    spec: AggregateSpec, table: str, days: Sequence[dt.date], *, incremental: bool
+) -> tuple[str, list[Any]]:
+    """Fold the metric rows of ``days`` into a rollup table: one row per unit, one column per pivot.
+
+    ``spec`` is the experiment's design with ``window_end`` at the last day the rollup may hold;
+    an incremental fold adds into existing rows (SUM columns add, MAX columns take the larger).
+    """
+    names, _joined, _outputs = pivot_columns(spec)
+    select, params = _pivot_select(spec, names, " AND " + _days_sql(days))
+    cols = list(names.values())
+    target = _check_table(table)
+    sql = f"INSERT INTO {target} (unit_id, {', '.join(cols)})\n{select}"
+    if incremental:
+        sets = []
+        for (_k, _p, agg), col in names.items():
+            if agg == "max":
+                sets.append(f"{col} = GREATEST({target}.{col}, EXCLUDED.{col})")
+            else:
+                sets.append(
+                    f"{col} = COALESCE({target}.{col} + EXCLUDED.{col}, {target}.{col}, EXCLUDED.{col})"
+                )
+        sql += "\nON CONFLICT (unit_id) DO UPDATE SET " + ", ".join(sets)
     return sql, params
 
 
@@ -375,9 +514,9 @@ def render_sql(sql: str, params: Sequence[Any]) -> str:
     return "".join(out)
 
 
-def run_query(spec: AggregateSpec, connection: Any) -> list[dict[str, Any]]:
+def run_query(spec: AggregateSpec, connection: Any, rollup: RollupUse | None = None) -> list[dict[str, Any]]:
     """Execute the aggregate query on a Django connection; rows as dicts (day as ISO text)."""
-    sql, params = build_query(spec)
+    sql, params = build_query(spec, rollup)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and not connection.get_autocommit():
             # Transaction-local planner settings for this analytic query (measured, bench/readout.py):

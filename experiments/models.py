@@ -10,15 +10,23 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from experiments.models_evidence import Exposure, IngestBatch, MetricDefinition, MetricObservation
+from experiments.models_evidence import (
+    Exposure,
+    IngestBatch,
+    MetricDayWrite,
+    MetricDefinition,
+    MetricObservation,
+)
 
 __all__ = [
+    "AnalysisRollup",
     "AnalysisRun",
     "Decision",
     "Experiment",
     "ExperimentMetric",
     "Exposure",
     "IngestBatch",
+    "MetricDayWrite",
     "MetricDefinition",
     "MetricObservation",
     "WarehouseStatistics",
@@ -180,6 +188,31 @@ class AnalysisRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.experiment_id} @ {self.as_of} ({self.verdict or 'n/a'})"
+
+
+class AnalysisRollup(models.Model):
+    """Each exposed-or-not unit's pivoted metric totals over the closed days already folded.
+
+    A cache for the in-database analysis on PostgreSQL (experiments/rollups.py): the table named
+    ``table_name`` has one row per unit with one column per pivot column of the design, summed
+    (or maxed, for proportions) over the days in ``folded``. ``folded`` maps each folded day to
+    the number of transactions that had written it (:class:`MetricDayWrite`) when it was folded;
+    the analysis reads the rollup only while every one of those numbers is unchanged, and otherwise reads the
+    rows as if there were no rollup. ``signature`` identifies the design the columns were built
+    for: a changed design, window or pre-period rebuilds the table.
+    """
+
+    experiment = models.OneToOneField(Experiment, on_delete=models.CASCADE, related_name="rollup")
+    signature = models.CharField(max_length=64)
+    table_name = models.CharField(max_length=63, unique=True)
+    folded = models.JSONField(default=dict, blank=True, help_text="{ISO day: writers of the day when folded}")
+    units = models.PositiveIntegerField(default=0)
+    rebuilds = models.PositiveIntegerField(default=0)
+    fold_ms = models.FloatField(null=True, blank=True, help_text="Duration of the last fold")
+    folded_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id}: {len(self.folded)} days"
 
 
 class WarehouseStatistics(models.Model):

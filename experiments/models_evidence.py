@@ -148,3 +148,36 @@ class IngestBatch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.client_batch_id}"
+
+
+class MetricDayWrite(models.Model):
+    """One transaction that wrote (inserted, updated or deleted) metric rows of a surface and day.
+
+    Recorded by statement-level triggers on the metric table (PostgreSQL, migration 0005), so
+    every writer counts — the ingestion service, COPY, a bulk_create, a DELETE — in the same
+    transaction as its rows, and a rolled-back write leaves no trace. Rows are never removed, so
+    "the number of writers of a day is what it was" means "no row of that day changed": the
+    analysis rollups (experiments/rollups.py) use it to know whether a day they folded still holds
+    exactly the rows they folded. One row per transaction, not a counter bumped per statement: a
+    transaction writing a day in many statements inserts once (``ON CONFLICT DO NOTHING``), where
+    updating one counter row per statement would grow a chain of row versions and slow every
+    later update of that transaction. SQLite has no rollups and no triggers here; it stays empty.
+    """
+
+    surface = models.ForeignKey(
+        "controlplane.Surface",
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_constraint=False,
+        db_index=False,
+    )
+    day = models.DateField()
+    txid = models.BigIntegerField(help_text="txid_current() of the writing transaction")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["surface", "day", "txid"], name="metric_day_write_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.surface_id}:{self.day} by {self.txid}"

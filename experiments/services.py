@@ -20,7 +20,7 @@ from django.utils import timezone
 from controlplane.errors import ApplicationError, ConflictError
 from controlplane.models import Allocation, RankingStack, Surface
 from controlplane.services import Actor, audit_record
-from experiments import aggregation, analysis
+from experiments import aggregation, analysis, rollups
 from experiments.metrics import (
     BASE_METRICS,
     KEY_RE,
@@ -828,7 +828,8 @@ def experiment_analyze(
         as_of = uploaded_as_of
     elif source == AnalysisRun.Source.DATABASE:
         spec = aggregate_spec(experiment, as_of=as_of, design=design)
-        rows = aggregation.run_query(spec, connection) if spec.metrics else []
+        rollup = rollups.rollup_for_analysis(experiment, spec)
+        rows = aggregation.run_query(spec, connection, rollup) if spec.metrics else []
     else:
         raise ApplicationError(f"unknown source {source!r}", field="source")
     query_ms = (time.perf_counter() - started) * 1000
