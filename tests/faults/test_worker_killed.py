@@ -42,7 +42,9 @@ def assert_same(got: Any, want: Any, path: str = "run") -> None:
     2621.5534810916984 seen in CI); anything coarser than that is a real difference.
     """
     if isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), f"{path}: keys {sorted(got)} != {sorted(want)}"
+        assert isinstance(got, dict) and got.keys() == want.keys(), (
+            f"{path}: keys {sorted(got)} != {sorted(want)}"
+        )
         for key in want:
             assert_same(got[key], want[key], f"{path}.{key}")
     elif isinstance(want, list | tuple):
