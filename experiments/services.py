@@ -821,6 +821,7 @@ def experiment_analyze(
     design = analysis_design(experiment)
     as_of = analysis_as_of(experiment, now)
     started = time.perf_counter()
+    rollup: aggregation.RollupUse | None = None
     if source == AnalysisRun.Source.WAREHOUSE:
         rows, uploaded_as_of = _warehouse_rows(experiment)
         if uploaded_as_of is None:
@@ -848,6 +849,8 @@ def experiment_analyze(
     )
     result = analysis.analyze(design, inputs, computed_at=now.isoformat())
     result["source"] = source
+    # How many closed days came from the experiment's rollup rather than the rows (0: all rows).
+    result["rollup_days"] = len(rollup.folded) if rollup else 0
     analysis_ms = (time.perf_counter() - started) * 1000
     run = AnalysisRun.objects.create(
         experiment=experiment,

@@ -136,6 +136,7 @@ def test_analysis_through_a_rollup_equals_the_analysis_of_the_rows(design: Any) 
     assert via_rollup.statistics and len(via_rollup.statistics) == len(from_rows.statistics)
     assert_close(_totals(via_rollup), _totals(from_rows))
     assert via_rollup.verdict == from_rows.verdict
+    assert via_rollup.result["rollup_days"] == len(folded) and from_rows.result["rollup_days"] == 0
 
     # It really read the rollup: corrupting the rollup moves the result, by 1000 per unit read.
     from experiments.services import aggregate_spec
