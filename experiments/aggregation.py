@@ -176,7 +176,6 @@ class RollupUse:
 
     table: str
     folded: tuple[tuple[dt.date, int], ...]
-    counter_table: str = COUNTER_TABLE
 
 
 @dataclass
@@ -386,7 +385,7 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
     rollup has not folded. Without it the query is portable SQL over the rows alone.
     """
     names, joined_exprs, outputs = pivot_columns(spec)
-    window, _pre = _periods(spec)
+    window, pre = _periods(spec)
     exposure_table = _check_table(spec.exposure_table)
     stable_sql, stable_params = stable_filter(spec.stable)
 
@@ -394,19 +393,19 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
     # (every day closed and folded) the metric table is not read at all.
     unfolded: set[dt.date] = set()
     if rollup is not None:
-        window, pre = _periods(spec)
         wanted = set(_days_between(*window)) | (set(_days_between(*pre)) if pre else set())
         unfolded = wanted - {d for d, _ in rollup.folded}
     sources = [] if rollup is None else ["r"]
     if rollup is None or unfolded:
         sources.append("p")
 
+    agg_of = {col: agg for (_k, _p, agg), col in names.items()}
+
     def column(col: str) -> str:
         """A unit's value of one pivot column: the rollup's plus the rows' (0 when neither has it)."""
-        agg = next(a for (_k, _p, a), c in names.items() if c == col)
         if len(sources) == 1:
             return f"COALESCE({sources[0]}.{col}, 0)"
-        if agg == "max":
+        if agg_of[col] == "max":
             return f"COALESCE(GREATEST(p.{col}, r.{col}), 0)"
         return f"(COALESCE(p.{col}, 0) + COALESCE(r.{col}, 0))"
 

@@ -107,10 +107,12 @@ def drop_table(table: str) -> None:
 
 
 def _create_table(table: str, columns: list[str]) -> None:
+    drop_table(table)
     cols = ", ".join(f"{c} double precision" for c in columns)
     with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS {table}")
-        cursor.execute(f"CREATE TABLE {table} (unit_id varchar(128) PRIMARY KEY, {cols})")
+        cursor.execute(
+            f"CREATE TABLE {aggregation._check_table(table)} (unit_id varchar(128) PRIMARY KEY, {cols})"
+        )
 
 
 def _fold(
@@ -119,14 +121,14 @@ def _fold(
     """Fold ``days`` into ``table``; returns each day's number of writers as that statement saw it.
 
     One statement: the writers are counted in the snapshot of the rows folded (a data-modifying CTE
-    and the query around it share one snapshot), so a batch committed meanwhile is either in both
-    or in neither.
+    and the query around it share one snapshot, and PostgreSQL runs the CTE to completion whether
+    or not the query reads it), so a batch committed meanwhile is either in both or in neither.
     """
     fold_sql, fold_params = aggregation.build_fold(spec, table, days, incremental=incremental)
     marks = ", ".join(["%s::date"] * len(days))
     sql = (
-        f"WITH folded AS (\n{fold_sql}\n  RETURNING 1\n)\n"
-        f"SELECT c.day, COUNT(*), (SELECT COUNT(*) FROM folded) FROM {aggregation.COUNTER_TABLE} c\n"
+        f"WITH folded AS (\n{fold_sql}\n)\n"
+        f"SELECT c.day, COUNT(*) FROM {aggregation.COUNTER_TABLE} c\n"
         f"WHERE c.surface_id = %s AND c.day IN ({marks}) GROUP BY c.day"
     )
     with connection.cursor() as cursor:

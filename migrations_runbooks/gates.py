@@ -788,6 +788,7 @@ def fresh_analysis(*, runbook: Any, now: dt.datetime) -> tuple[dict[str, Any] | 
     if experiment is None:
         return None, f"experiment {runbook.experiment_key} not found"
     try:
+        from experiments.rollups import rollup_refresh
         from experiments.services import experiment_analyze  # type: ignore[attr-defined]
     except ImportError:
         return None, "the experiments analysis service is not installed"
@@ -796,17 +797,12 @@ def fresh_analysis(*, runbook: Any, now: dt.datetime) -> tuple[dict[str, Any] | 
     if _takes_trigger(experiment_analyze):
         kwargs["trigger"] = "gate"  # AnalysisRun.Trigger.GATE: the run was asked for by a runbook gate
     try:
-        from experiments.rollups import rollup_refresh
-    except ImportError:
-        pass
-    else:
-        try:
-            # Fold closed days first: the analysis then pivots only the rows not folded yet. A
-            # failed fold costs speed, not correctness (the analysis reads the rows instead).
-            with transaction.atomic():
-                rollup_refresh(experiment=experiment, now=now)
-        except Exception:
-            log.exception("rollup refresh of %s failed; analysing from the rows", experiment)
+        # Fold closed days first: the analysis then pivots only the rows not folded yet. A failed
+        # fold costs speed, not correctness (the analysis reads the rows instead).
+        with transaction.atomic():
+            rollup_refresh(experiment=experiment, now=now)
+    except Exception:
+        log.exception("rollup refresh of %s failed; analysing from the rows", experiment)
     try:
         with transaction.atomic():
             run = experiment_analyze(**kwargs)
