@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import DataError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
 
 
 class ApplicationError(Exception):
@@ -62,6 +63,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(
             {"detail": exc.message, "code": exc.code, "errors": exc.errors}, status=exc.http_status
         )
+    if isinstance(exc, DataError):
+        # Last resort behind the edge guard (controlplane/edge.py): a value PostgreSQL cannot store
+        # (out of range, malformed) is the client's input, not a server error. DRF rolls back the
+        # request's atomic block for a handled exception, as for any other 4xx.
+        set_rollback()
+        return Response(
+            {
+                "detail": "a value is out of range or malformed for the database",
+                "code": "invalid_value",
+                "errors": {},
+            },
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -75,6 +89,6 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         response.data = {
             "detail": str(exc.detail),
             "code": codes if isinstance(codes, str) else "error",
-            "errors": {},
+            "errors": dict(getattr(exc, "errors", None) or {}),
         }
     return response

@@ -1,4 +1,5 @@
-"""Roles are Django groups: viewer reads, operator changes, approver approves. Superusers hold all."""
+"""Roles are Django groups: viewer reads, operator changes, approver approves, serving is a fleet's
+machine identity (rank requests and ingestion batches, nothing else). Superusers hold all."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from typing import Any
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-VIEWER, OPERATOR, APPROVER = "viewer", "operator", "approver"
-ROLES = (VIEWER, OPERATOR, APPROVER)
+VIEWER, OPERATOR, APPROVER, SERVING = "viewer", "operator", "approver", "serving"
+ROLES = (VIEWER, OPERATOR, APPROVER, SERVING)
+# Roles that imply viewer: a person's roles. ``serving`` does not (a fleet token reads nothing).
+HUMAN_ROLES = (VIEWER, OPERATOR, APPROVER)
 
 
 def user_roles(user: Any) -> set[str]:
@@ -19,7 +22,7 @@ def user_roles(user: Any) -> set[str]:
     if cached is None:
         cached = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
         # Operators and approvers can read everything a viewer can.
-        if cached:
+        if cached & set(HUMAN_ROLES):
             cached.add(VIEWER)
         user._controlplane_roles = cached
     return set(cached)
@@ -56,3 +59,21 @@ class IsApprover(BasePermission):
         if request.method in SAFE_METHODS:
             return has_role(request.user, VIEWER)
         return has_role(request.user, APPROVER)
+
+
+class IsOperatorToRead(BasePermission):
+    """Reads and writes both need the operator role (webhook deliveries: receivers and payloads)."""
+
+    message = "You need the operator role to see this."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return has_role(request.user, OPERATOR)
+
+
+class IsServingOrOperator(BasePermission):
+    """Fleet endpoints (rank, ingestion): the serving role or an operator; viewers may not write."""
+
+    message = "You need the serving or operator role to send this."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return has_role(request.user, SERVING) or has_role(request.user, OPERATOR)

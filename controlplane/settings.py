@@ -36,6 +36,10 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 DEMO_MODE = env_bool("CONTROLPLANE_DEMO", default=not DATABASE_URL or DATABASE_URL.startswith("sqlite"))
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
 TESTING = "pytest" in sys.modules
+# A simulated clock (``ramps_tick(now=…)`` in a task message, ``ramps_tick --now``) drives the demo and
+# the tests through real workers. In production it is off: anyone who can publish to the broker could
+# otherwise push ramps past their minimum durations (issue 17). Test workers get it from the env.
+SIMULATED_CLOCK_ALLOWED = env_bool("SIMULATED_CLOCK_ALLOWED", default=DEMO_MODE or DEBUG or TESTING)
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -76,6 +80,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF (which reads form fields) and every view: refuses NUL/surrogates/deep JSON (edge.py).
+    "controlplane.edge.EdgeGuardMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -141,6 +147,19 @@ STORAGES = {
 # Serve app static files straight from the packages (no collectstatic needed for the demo).
 WHITENOISE_USE_FINDERS = True
 
+# Ingestion: a batch may hold 2,000,000 rows (experiments.ingestion.MAX_ROWS_PER_BATCH); at about
+# 120 bytes a row (an event with an ISO timestamp) that is 240 MB, so the ingestion endpoints accept
+# bodies up to 256 MiB and answer a larger one with a JSON 413 naming this limit (controlplane/edge.py).
+# Every other endpoint keeps Django's 2.5 MiB DATA_UPLOAD_MAX_MEMORY_SIZE.
+INGEST_MAX_BODY_BYTES = int(os.environ.get("INGEST_MAX_BODY_BYTES", str(256 * 1024 * 1024)))
+# Ingested metric values beyond this magnitude are a per-row error: sums of squares of larger values
+# overflow the analysis' float64 accumulators.
+INGEST_MAX_ABS_VALUE = float(os.environ.get("INGEST_MAX_ABS_VALUE", "1e12"))
+
+# Webhook receivers may only be public addresses (migrations_runbooks/webhook_guard.py); an operator
+# who runs an internal receiver names it here: host names, IPs or CIDR networks, comma-separated.
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", "")
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -175,6 +194,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["controlplane.permissions.IsViewer"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneAutoSchema",
     "EXCEPTION_HANDLER": "controlplane.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "controlplane.edge.GuardedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_THROTTLE_RATES": {"login": "10/min"},

@@ -17,7 +17,7 @@ What is atomic and what is partial
 
 Validation (each gives a per-row error): an unknown unit (no exposure logged for it on the surface,
 by the router or the exposures endpoint), an unknown or non-ingestible metric key, a negative or
-non-finite value (every ingestible metric is a count, a sum of seconds or a duration), a day or
+non-finite value or one larger than ``INGEST_MAX_ABS_VALUE`` (1e12) (every ingestible metric is a count, a sum of seconds or a duration), a day or
 timestamp out of range (older than ``INGEST_MAX_AGE_DAYS``, default 400 days, for metric rows and
 ``INGEST_EVENT_MAX_AGE_DAYS``, default 35, for events and samples; later than now + 1 day for
 days, now + 5 minutes for timestamps).
@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -334,6 +335,14 @@ def _check_values(
     errors.add_mask(~not_number & ~finite, field, "must be finite")
     errors.add_mask(
         ~not_number & finite & (numeric < 0), field, "negative count: values must be zero or more"
+    )
+    # Documented bound (settings.INGEST_MAX_ABS_VALUE, 1e12): a larger finite value would overflow
+    # the analysis' sums of squares and cross products.
+    bound = float(getattr(settings, "INGEST_MAX_ABS_VALUE", 1e12))
+    errors.add_mask(
+        ~not_number & finite & (numeric > bound),
+        field,
+        f"larger than the bound {bound:g} (INGEST_MAX_ABS_VALUE)",
     )
     return numeric
 

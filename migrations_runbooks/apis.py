@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.models import Surface
-from controlplane.permissions import IsApprover, IsOperator, IsViewer
+from controlplane.permissions import IsApprover, IsOperator, IsOperatorToRead, IsViewer
 from controlplane.selectors import stack_get_by_label
 from migrations_runbooks import selectors, services
 from migrations_runbooks.models import (
@@ -556,9 +556,11 @@ class NotificationOutput(serializers.ModelSerializer):
 
 
 class NotificationListApi(APIView):
-    """Webhook deliveries: failures stay visible with their attempts and last error."""
+    """Webhook deliveries: failures stay visible with their attempts, last status and error class.
 
-    permission_classes = [IsViewer]
+    Operators only: deliveries name receivers and carry payloads (issue 17)."""
+
+    permission_classes = [IsOperatorToRead]
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.ChoiceField(choices=Notification.Status.choices, required=False)

@@ -1,55 +1,83 @@
 """Signed JSON webhooks for runbook events (hold, rollback, approval needed, promotion).
 
-Signature scheme (same shape as Stripe's and Slack's request signing): the receiver gets
+Signed with the **Standard Webhooks** scheme (https://www.standardwebhooks.com), so a receiver
+verifies with off-the-shelf code (the ``standardwebhooks`` library, Svix's SDKs, …):
 
-    X-Runbook-Event: rollback
-    X-Runbook-Delivery: <notification id>          (idempotency key for the receiver)
-    X-Runbook-Timestamp: <unix seconds>
-    X-Runbook-Signature: sha256=<hex HMAC-SHA256(secret, f"{timestamp}.{raw body}")>
+    webhook-id: runbook-notification-<id>     (the same on every retry: the receiver's idempotency key)
+    webhook-timestamp: <unix seconds>
+    webhook-signature: v1,<base64 HMAC-SHA256(key, f"{id}.{timestamp}.{raw body}")>
 
-and verifies with :func:`verify_signature` (constant-time compare, bounded clock skew so a captured
-request cannot be replayed later). Deliveries are rows: attempts, the last HTTP status and error
-stay visible, and failures retry with exponential backoff until ``MAX_ATTEMPTS``.
+The key is the endpoint's shared secret: a ``whsec_<base64>`` secret is the base64-decoded bytes (as
+the scheme defines), any other secret its UTF-8 bytes. A receiver verifies with
+``standardwebhooks.Webhook(secret if secret.startswith("whsec_") else secret.encode()).verify(body,
+headers)`` (constant-time compare, five minutes of clock skew, so a captured request cannot be
+replayed later). ``X-Runbook-Event`` names the event.
+
+Deliveries go only to public addresses (``webhook_guard``: checked at registration and at each
+delivery, no redirects, short timeouts). Deliveries are rows: attempts, the last HTTP status and an
+error *class* stay visible to operators (never the response body: a receiver's answer is not ours to
+store or show); failures retry with exponential backoff until ``MAX_ATTEMPTS``.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-import hashlib
-import hmac
 import json
 import logging
 from typing import Any
 
 import requests
 from django.db import transaction
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from migrations_runbooks import webhook_guard
 from migrations_runbooks.models import Notification, Runbook, WebhookEndpoint
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-TIMEOUT_S = 5.0
-SIGNATURE_HEADER = "X-Runbook-Signature"
+TIMEOUT_S = webhook_guard.TIMEOUT_S
 MAX_SKEW_S = 300
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a shared secret (Standard Webhooks: ``whsec_`` + base64 of the key bytes)."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_") :] + "==")
+    return secret.encode()
 
 
-def verify_signature(
-    *, secret: str, timestamp: str, body: bytes, signature: str, now: dt.datetime | None = None
-) -> bool:
-    """Receiver-side check: right secret, untampered body, and a timestamp within ``MAX_SKEW_S``."""
+def message_id(notification_id: int) -> str:
+    return f"runbook-notification-{notification_id}"
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value (``v1,<base64>``), computed by the standardwebhooks library."""
+    when = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return Webhook(signing_key(secret)).sign(msg_id=msg_id, timestamp=when, data=body.decode())
+
+
+def verify_signature(*, secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Receiver-side check with the standardwebhooks library (real clock, five minutes of skew)."""
     try:
-        ts = int(timestamp)
-    except (TypeError, ValueError):
+        Webhook(signing_key(secret)).verify(body, headers)
+    except WebhookVerificationError:
         return False
-    if now is not None and abs(now.timestamp() - ts) > MAX_SKEW_S:
-        return False
-    return hmac.compare_digest(sign(secret, ts, body), signature)
+    return True
+
+
+def error_class(exc: BaseException) -> str:
+    """What went wrong, as a class name only: never a message that could carry the receiver's data."""
+    if isinstance(exc, webhook_guard.AddressRefused):
+        return "AddressRefused"
+    if isinstance(exc, requests.Timeout):
+        return "Timeout"
+    if isinstance(exc, requests.ConnectionError):
+        return "ConnectionError"
+    if isinstance(exc, requests.TooManyRedirects):
+        return "RedirectRefused"
+    return type(exc).__name__
 
 
 def backoff_s(attempts: int) -> int:
@@ -111,7 +139,7 @@ def notification_deliver(*, notification_id: int, now: dt.datetime) -> Notificat
     """Try one delivery. Returns the row (delivered, pending with next_attempt_at, or failed).
 
     The row is locked while posting so two workers never deliver the same notification twice;
-    ``X-Runbook-Delivery`` lets the receiver drop a duplicate after a crash between POST and commit.
+    ``webhook-id`` lets the receiver drop a duplicate after a crash between POST and commit.
     """
     with transaction.atomic():
         n = (
@@ -124,23 +152,26 @@ def notification_deliver(*, notification_id: int, now: dt.datetime) -> Notificat
             return n
         body = json.dumps({**n.payload, "delivery_id": n.pk}, sort_keys=True, separators=(",", ":")).encode()
         timestamp = int(now.timestamp())
+        msg_id = message_id(n.pk)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "controlplane-runbooks/1",
             "X-Runbook-Event": n.event,
-            "X-Runbook-Delivery": str(n.pk),
-            "X-Runbook-Timestamp": str(timestamp),
-            SIGNATURE_HEADER: sign(n.endpoint.secret, timestamp, body),
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(n.endpoint.secret, msg_id, timestamp, body),
         }
         n.attempts += 1
         error, code = "", None
         try:
-            response = requests.post(n.endpoint.url, data=body, headers=headers, timeout=TIMEOUT_S)
+            response = webhook_guard.post(n.endpoint.url, data=body, headers=headers)
             code = response.status_code
-            if not 200 <= code < 300:
-                error = f"HTTP {code}: {response.text[:300]}"
-        except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+            if 300 <= code < 400:
+                error = "RedirectRefused"  # never followed: a redirect could point anywhere
+            elif not 200 <= code < 300:
+                error = "HTTPStatus"
+        except (requests.RequestException, webhook_guard.AddressRefused) as exc:
+            error = error_class(exc)
         n.last_status_code = code
         if not error:
             n.status, n.delivered_at, n.last_error, n.next_attempt_at = (
@@ -153,7 +184,7 @@ def notification_deliver(*, notification_id: int, now: dt.datetime) -> Notificat
             n.last_error = error
             if n.attempts >= MAX_ATTEMPTS:
                 n.status, n.next_attempt_at = Notification.Status.FAILED, None
-                log.error("webhook %s to %s failed for good: %s", n.pk, n.endpoint.url, error)
+                log.error("webhook %s to endpoint %s failed for good: %s", n.pk, n.endpoint_id, error)
             else:
                 n.next_attempt_at = now + dt.timedelta(seconds=backoff_s(n.attempts))
         n.save(

@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.db import OperationalError
 from django.utils import timezone
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
 def ramps_tick(now: str | None = None) -> list[dict[str, object]]:
     """Beat, every minute: advance / hold / roll back every due runbook.
 
-    ``now`` (ISO 8601) lets the demo and tests drive a simulated clock through a real worker.
+    ``now`` (ISO 8601) lets the demo and tests drive a simulated clock through a real worker; only
+    where ``settings.SIMULATED_CLOCK_ALLOWED`` (demo, debug, tests). Elsewhere a message's clock is
+    ignored and the tick runs on the real one: the sweep is idempotent, so that is harmless.
     """
     import datetime as dt
 
+    from django.conf import settings
+
     from migrations_runbooks.services import ramps_advance_due  # keep the task import cheap
 
-    moment = dt.datetime.fromisoformat(now) if now else timezone.now()
+    moment = timezone.now()
+    if now and settings.SIMULATED_CLOCK_ALLOWED:
+        moment = dt.datetime.fromisoformat(now)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+    elif now:
+        log.warning(
+            "ramps_tick: ignored a clock from the task message (%r): SIMULATED_CLOCK_ALLOWED is off", now
+        )
     return [
         {
             "runbook": o.runbook_id,

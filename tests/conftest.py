@@ -87,6 +87,7 @@ def users(make_user: Any) -> dict[str, Any]:
         "operator": make_user("otto", "operator"),
         "approver": make_user("anna", "approver"),
         "operator2": make_user("olga", "operator", "approver"),
+        "serving": make_user("fleet", "serving"),
         "norole": make_user("nobody"),
     }
 
@@ -151,6 +152,8 @@ def celery_worker_process(redis_url: str, transactional_db: Any, tmp_path: Path)
         "CELERY_BROKER_URL": redis_url,
         "CELERY_RESULT_BACKEND": redis_url,
         "SECRET_KEY": os.environ.get("SECRET_KEY", "test-secret-key-not-for-production-" + "x" * 20),
+        # The tests drive ramps on a simulated clock through real workers (a test-only setting).
+        "SIMULATED_CLOCK_ALLOWED": os.environ.get("SIMULATED_CLOCK_ALLOWED", "true"),
         "CONTROLPLANE_VAR_DIR": str(tmp_path / "var"),
     }
     log = (tmp_path / "worker.log").open("w")

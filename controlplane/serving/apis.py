@@ -17,26 +17,23 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Empty, Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from controlplane.errors import ApplicationError
 from controlplane.models import Surface
-from controlplane.permissions import VIEWER, IsOperator, IsViewer, has_role
+from controlplane.permissions import IsServingOrOperator, IsViewer
 from controlplane.serving import selectors, services
 from experiments import ingestion
 from experiments.models import IngestBatch
 
 
-class IsServingClient(BasePermission):
-    """Any user holding a role may send ranking requests (the router writes only serving logs)."""
+class IsServingClient(IsServingOrOperator):
+    """Rank requests write exposures, so they need the serving role (a fleet) or an operator; a
+    viewer only reads (issue 17: a viewer could write exposures through this endpoint)."""
 
-    message = "You need a role (viewer or higher) to send ranking requests."
-
-    def has_permission(self, request: Any, view: Any) -> bool:
-        return has_role(request.user, VIEWER)
+    message = "You need the serving role (or operator) to send ranking requests."
 
 
 class _AfterResponse(Response):
@@ -130,7 +127,7 @@ INGEST_DESCRIPTION = (
     "**Idempotent:** `client_batch_id` is unique per kind; re-sending it returns the first result with "
     "`replayed: true` and writes nothing (a different row count under the same id is refused with 409). "
     "Rows are rejected for an unknown unit (no exposure on the surface), unknown metric or event type, "
-    "negative or non-finite values, and days/timestamps out of range. PostgreSQL writes use COPY."
+    "negative, non-finite or too large values (beyond INGEST_MAX_ABS_VALUE, 1e12), and days/timestamps out of range. PostgreSQL writes use COPY."
 )
 
 
@@ -218,7 +215,7 @@ def release_payload(request: Request) -> None:
 
 
 class _IngestApi(APIView):
-    permission_classes = [IsOperator]
+    permission_classes = [IsServingOrOperator]
     rows_field = "rows"
 
     class InputSerializer(serializers.Serializer):

@@ -114,6 +114,12 @@ def webhook_endpoint_upsert(
         raise ApplicationError(f"unknown events {bad}; expected {Notification.Event.values}", field="events")
     if len(secret) < 16:
         raise ApplicationError("the shared secret must be at least 16 characters", field="secret")
+    from migrations_runbooks.webhook_guard import AddressRefused, check_url
+
+    try:
+        check_url(url)  # resolved now, and again at every delivery (DNS may change)
+    except AddressRefused as exc:
+        raise ApplicationError(f"webhook URL refused: {exc}", field="url") from None
     endpoint, created = WebhookEndpoint.objects.update_or_create(
         name=name,
         defaults={"url": url, "secret": secret, "events": list(events), "active": active, "created_at": now},

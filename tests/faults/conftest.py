@@ -191,6 +191,8 @@ def start_worker(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[...
             "CELERY_BROKER_URL": broker_url,
             "CELERY_RESULT_BACKEND": result_url,
             "SECRET_KEY": os.environ.get("SECRET_KEY", "test-secret-key-not-for-production-" + "x" * 20),
+            # The tests drive ramps on a simulated clock through real workers (a test-only setting).
+            "SIMULATED_CLOCK_ALLOWED": "true",
             "CONTROLPLANE_VAR_DIR": str(tmp_path / "var"),
         }
         app = "controlplane.celery"

@@ -31,8 +31,16 @@ def wait_for(condition: Any, timeout: float, what: str) -> Any:
     return value
 
 
+@pytest.fixture
+def loopback_webhooks(monkeypatch, settings):
+    """The test's receiver listens on loopback: allowed explicitly, here and in the worker (which
+    reads the environment when it starts, so this fixture comes first)."""
+    monkeypatch.setenv("WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+
+
 def test_demo_promotes_pages_and_rolls_groups_back(
-    postgres, celery_app_on_redis, celery_worker_process, monkeypatch, tmp_path
+    loopback_webhooks, postgres, celery_app_on_redis, celery_worker_process, monkeypatch, tmp_path
 ):
     from controlplane.models import AuditEvent, RankingStack, Surface, SurfacePopulation
     from controlplane.selectors import allocation_current

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import json
 import threading
@@ -176,37 +175,50 @@ def scripted_parity(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 class Receiver:
-    """A local HTTP webhook receiver on 127.0.0.1 that verifies signatures as a client would."""
+    """A local HTTP webhook receiver on 127.0.0.1 that verifies Standard Webhooks signatures with the
+    ``standardwebhooks`` library, as a client would (against the header's timestamp: tests deliver
+    on a simulated clock; ``test_webhook_security`` verifies on the real one)."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
         self.requests: list[dict[str, Any]] = []
         self.fail_next = 0
+        self.redirect_to: str | None = None
+        self.reply = b"ok"
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                from standardwebhooks.webhooks import Webhook
+
+                from migrations_runbooks.notifications import signing_key
+
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                ts = self.headers.get("X-Runbook-Timestamp", "")
-                expected = (
-                    "sha256="
-                    + hmac.new(receiver.secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+                ts = int(self.headers.get("webhook-timestamp", "0") or 0)
+                expected = Webhook(signing_key(receiver.secret)).sign(
+                    msg_id=self.headers.get("webhook-id", ""),
+                    timestamp=dt.datetime.fromtimestamp(ts, dt.UTC),
+                    data=body.decode(),
                 )
                 record = {
                     "headers": dict(self.headers),
+                    "raw": body,
                     "body": json.loads(body),
-                    "signature_ok": hmac.compare_digest(
-                        expected, self.headers.get("X-Runbook-Signature", "")
-                    ),
+                    "signature_ok": hmac.compare_digest(expected, self.headers.get("webhook-signature", "")),
                 }
                 receiver.requests.append(record)
                 status = 200
+                if receiver.redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", receiver.redirect_to)
+                    self.end_headers()
+                    return
                 if receiver.fail_next > 0:
                     receiver.fail_next -= 1
                     status = 503
                 self.send_response(status)
                 self.end_headers()
-                self.wfile.write(b"ok" if status == 200 else b"unavailable")
+                self.wfile.write(receiver.reply if status == 200 else b"unavailable: " + receiver.reply)
 
             def log_message(self, *args: Any) -> None:
                 return
@@ -225,7 +237,9 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(settings: Any) -> Iterator[Receiver]:
+    # The receiver listens on loopback, which the SSRF guard refuses unless an operator allows it.
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     r = Receiver(secret="shared-secret-for-tests-0123456789")
     yield r
     r.close()

@@ -115,7 +115,8 @@ def test_simulated_clock_only_in_demo_mode(seeded, users, api_client_for, settin
     assert op.post("/api/v1/runbooks/tick/", {}, format="json").status_code == 200
 
 
-def test_templates_webhooks_capacity_config_program(seeded, users, api_client_for):
+def test_templates_webhooks_capacity_config_program(seeded, users, api_client_for, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]  # an internal receiver, explicitly allowed
     op, viewer = api_client_for(users["operator"]), api_client_for(users["viewer"])
     t = op.post("/api/v1/runbook-templates/", {"key": "standard", "name": "Standard ramp"}, format="json")
     assert t.status_code == 200 and len(t.json()["steps"]) == 6
@@ -147,7 +148,9 @@ def test_templates_webhooks_capacity_config_program(seeded, users, api_client_fo
     program = viewer.get("/api/v1/program/").json()
     assert program["milestones"][0]["key"] == "unified-mtl"
     assert program["milestones"][0]["progress"]["now"]["traffic_share_on_target"] == 0.0
-    assert viewer.get("/api/v1/runbook-notifications/").status_code == 200
+    # Deliveries name receivers and carry payloads: operators only (issue 17).
+    assert viewer.get("/api/v1/runbook-notifications/").status_code == 403
+    assert op.get("/api/v1/runbook-notifications/").status_code == 200
 
 
 def test_openapi_documents_the_runbook_api(client):
@@ -175,7 +178,7 @@ def test_ramps_tick_command(seeded, users, scripted_analysis, scripted_parity, s
 
     from migrations_runbooks import services
 
-    settings.DEMO_MODE = True
+    settings.SIMULATED_CLOCK_ALLOWED = True
     rb = services.runbook_create(
         surface=seeded["pages"],
         target_stack=seeded["unified"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -16,25 +17,15 @@ from tests.runbooks.conftest import DAY, T0, analysis_result, fast_steps
 pytestmark = pytest.mark.django_db
 
 
-def test_signature_is_hmac_sha256_of_timestamp_and_body():
+def test_signature_is_the_standard_webhooks_hmac_of_id_timestamp_and_body():
     body = b'{"event":"hold"}'
-    sig = notifications.sign("k" * 20, 1700000000, body)
-    # Independent reference: the standard library's HMAC over the documented message.
-    assert sig == "sha256=" + hmac.new(b"k" * 20, b"1700000000." + body, hashlib.sha256).hexdigest()
-    now = dt.datetime.fromtimestamp(1700000000 + 10, dt.UTC)
-    assert notifications.verify_signature(
-        secret="k" * 20, timestamp="1700000000", body=body, signature=sig, now=now
-    )
-    assert not notifications.verify_signature(
-        secret="x" * 20, timestamp="1700000000", body=body, signature=sig, now=now
-    )
-    assert not notifications.verify_signature(
-        secret="k" * 20, timestamp="1700000000", body=body + b" ", signature=sig, now=now
-    )
-    stale = now + dt.timedelta(hours=1)
-    assert not notifications.verify_signature(
-        secret="k" * 20, timestamp="1700000000", body=body, signature=sig, now=stale
-    )
+    sig = notifications.sign("k" * 20, "runbook-notification-7", 1700000000, body)
+    # Independent reference: the standard library's HMAC over the scheme's documented message.
+    mac = hmac.new(b"k" * 20, b"runbook-notification-7.1700000000." + body, hashlib.sha256).digest()
+    assert sig == "v1," + base64.b64encode(mac).decode()
+    # A whsec_ secret is the base64 of the key bytes, as the scheme defines.
+    whsec = "whsec_" + base64.b64encode(b"k" * 20).decode()
+    assert notifications.sign(whsec, "runbook-notification-7", 1700000000, body) == sig
 
 
 def _runbook(seeded, users):
@@ -69,7 +60,9 @@ def test_hold_is_delivered_signed_and_retried_after_failures(
     assert len(receiver.requests) == 3
     first, last = receiver.requests[0], receiver.requests[-1]
     assert all(r["signature_ok"] for r in receiver.requests)
-    assert last["headers"]["X-Runbook-Event"] == "hold" and last["headers"]["X-Runbook-Delivery"] == str(n.pk)
+    assert last["headers"]["X-Runbook-Event"] == "hold"
+    assert last["headers"]["webhook-id"] == notifications.message_id(n.pk)  # the same on every retry
+    assert {r["headers"]["webhook-id"] for r in receiver.requests} == {notifications.message_id(n.pk)}
     body = last["body"]
     assert body["runbook"]["surface"] == "pages" and body["runbook"]["status"] == "held"
     [gate] = body["gates"]
@@ -84,7 +77,8 @@ def test_hold_is_delivered_signed_and_retried_after_failures(
     assert notifications.notification_deliver(notification_id=n.pk, now=times[-1]).attempts == 3
 
 
-def test_failures_stay_visible_after_retries_are_exhausted(seeded, users, db):
+def test_failures_stay_visible_after_retries_are_exhausted(seeded, users, db, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]  # an internal receiver, explicitly allowed
     endpoint = WebhookEndpoint.objects.create(
         name="dead", url="http://127.0.0.1:9/unreachable", secret="s" * 20, events=["rollback"], created_at=T0
     )
@@ -96,7 +90,7 @@ def test_failures_stay_visible_after_retries_are_exhausted(seeded, users, db):
         n = notifications.notification_deliver(notification_id=n.pk, now=now)
         now = n.next_attempt_at or now
     assert n.status == "failed" and n.attempts == notifications.MAX_ATTEMPTS
-    assert "ConnectionError" in n.last_error or "Connection" in n.last_error
+    assert n.last_error == "ConnectionError" and n.last_status_code is None
     # Only the subscribed event was queued for this endpoint.
     assert not Notification.objects.filter(endpoint=endpoint).exclude(event="rollback").exists()
 

@@ -51,5 +51,10 @@ def operator_client(users: dict[str, Any], api_client_for: Any) -> Any:
 
 
 @pytest.fixture
+def serving_client(users: dict[str, Any], api_client_for: Any) -> Any:
+    return api_client_for(users["serving"])
+
+
+@pytest.fixture
 def viewer_client(users: dict[str, Any], api_client_for: Any) -> Any:
     return api_client_for(users["viewer"])

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.sqlite_path
 RANK = "/api/v1/surfaces/{}/rank"
 
 
-def test_requests_flow_through_the_router_to_real_stacks(seeded, stacks, viewer_client):
-    response = viewer_client.post(
+def test_requests_flow_through_the_router_to_real_stacks(seeded, stacks, serving_client):
+    response = serving_client.post(
         RANK.format("pages"), {"unit_id": "u17", "context": {"app": "ios"}}, format="json"
     )
     assert response.status_code == 200, response.content
@@ -24,7 +24,7 @@ def test_requests_flow_through_the_router_to_real_stacks(seeded, stacks, viewer_
     assert len(body["items"]) == 50
     assert [i["position"] for i in body["items"]] == list(range(50))
     # The same unit gets the same list from the same (deterministic) stack.
-    again = viewer_client.post(RANK.format("pages"), {"unit_id": "u17"}, format="json").json()
+    again = serving_client.post(RANK.format("pages"), {"unit_id": "u17"}, format="json").json()
     assert [i["post_id"] for i in again["items"]] == [i["post_id"] for i in body["items"]]
     # The response really is the engine's ranking for that world user.
     from rankers.engine.types import RankRequest
@@ -34,7 +34,7 @@ def test_requests_flow_through_the_router_to_real_stacks(seeded, stacks, viewer_
 
 
 def test_treatment_units_get_the_unified_stack_and_allocation_changes_apply_at_once(
-    seeded, stacks, viewer_client, users
+    seeded, stacks, serving_client, users
 ):
     pages = seeded["pages"]
     allocation = registry_services.allocation_change(
@@ -44,13 +44,13 @@ def test_treatment_units_get_the_unified_stack_and_allocation_changes_apply_at_o
         treatment_stack=seeded["unified"],
         treatment_bp=10_000,
     )
-    body = viewer_client.post(RANK.format("pages"), {"unit_id": "u5"}, format="json").json()
+    body = serving_client.post(RANK.format("pages"), {"unit_id": "u5"}, format="json").json()
     assert body["arm"] == "treatment" and body["stack"] == "unified-mtl@1"
     assert body["allocation_version"] == allocation.version == 2
     registry_services.allocation_change(
         surface=pages, actor=users["operator"], reason="rollback", treatment_bp=0
     )
-    body = viewer_client.post(RANK.format("pages"), {"unit_id": "u5"}, format="json").json()
+    body = serving_client.post(RANK.format("pages"), {"unit_id": "u5"}, format="json").json()
     assert body["arm"] == "control" and body["stack"] == "content-first@1" and body["allocation_version"] == 3
 
 
@@ -90,15 +90,19 @@ def test_first_exposure_is_logged_once_per_unit_and_salt(seeded, stacks, users):
         ("pages", {"unit_id": "u1", "num_items": 0}, 400, "num_items", "invalid"),
     ],
 )
-def test_bad_requests_get_a_clear_4xx(seeded, viewer_client, surface, payload, status, field, code):
-    response = viewer_client.post(RANK.format(surface), payload, format="json")
+def test_bad_requests_get_a_clear_4xx(seeded, serving_client, surface, payload, status, field, code):
+    response = serving_client.post(RANK.format(surface), payload, format="json")
     assert response.status_code == status, response.content
     body = response.json()
     assert body["code"] == code and field in body["errors"], body
     assert Exposure.objects.count() == 0
 
 
-def test_ranking_needs_a_role(seeded, users, api_client_for):
+def test_ranking_needs_the_serving_or_operator_role(seeded, users, api_client_for):
+    # Issue 17: a rank request writes exposures, so a viewer (read-only) may not send one.
+    for reader in ("viewer", "approver"):
+        refused = api_client_for(users[reader]).post(RANK.format("pages"), {"unit_id": "u1"}, format="json")
+        assert refused.status_code == 403, reader
     assert api_client_for(None).post(RANK.format("pages"), {"unit_id": "u1"}, format="json").status_code in (
         401,
         403,
@@ -111,7 +115,7 @@ def test_ranking_needs_a_role(seeded, users, api_client_for):
     )
 
 
-def test_failing_stack_falls_back_to_the_legacy_stack_and_counts_it(seeded, stacks, viewer_client, users):
+def test_failing_stack_falls_back_to_the_legacy_stack_and_counts_it(seeded, stacks, serving_client, users):
     registry_services.allocation_change(
         surface=seeded["pages"],
         actor=users["operator"],
@@ -120,7 +124,7 @@ def test_failing_stack_falls_back_to_the_legacy_stack_and_counts_it(seeded, stac
         treatment_bp=10_000,
     )
     with stacks.faults({"unified-mtl@1": {"error": "CUDA out of memory"}}):
-        body = viewer_client.post(RANK.format("pages"), {"unit_id": "u9"}, format="json").json()
+        body = serving_client.post(RANK.format("pages"), {"unit_id": "u9"}, format="json").json()
     assert body["stack"] == "content-first@1" and body["assigned_stack"] == "unified-mtl@1"
     assert body["arm"] == "treatment"  # intent to treat: the analysis keeps the assigned arm
     assert body["fallback"]["from"] == "unified-mtl@1" and body["fallback"]["reason"] == "error"
@@ -134,7 +138,7 @@ def test_failing_stack_falls_back_to_the_legacy_stack_and_counts_it(seeded, stac
     assert health[("content-first@1", "treatment")]["fallbacks"] == 1
 
 
-def test_slow_stack_times_out_and_falls_back(seeded, stacks, viewer_client, users, settings):
+def test_slow_stack_times_out_and_falls_back(seeded, stacks, serving_client, users, settings):
     settings.SERVING_RANK_TIMEOUT_MS = 150
     registry_services.allocation_change(
         surface=seeded["pages"],
@@ -144,13 +148,13 @@ def test_slow_stack_times_out_and_falls_back(seeded, stacks, viewer_client, user
         treatment_bp=10_000,
     )
     with stacks.faults({"unified-mtl@1": {"delay_ms": 1000}}):
-        body = viewer_client.post(RANK.format("pages"), {"unit_id": "u9"}, format="json").json()
+        body = serving_client.post(RANK.format("pages"), {"unit_id": "u9"}, format="json").json()
     assert body["stack"] == "content-first@1" and body["fallback"]["reason"] == "timeout"
     assert 150 <= body["timings"]["stack_ms"] < 900
 
 
 def test_production_stack_is_the_fallback_after_promotion_and_503_when_nothing_serves(
-    seeded, stacks, viewer_client, users
+    seeded, stacks, serving_client, users
 ):
     registry_services.surface_promote_stack(
         surface=seeded["groups"], stack=seeded["unified"], actor=users["operator"], reason="promote"
@@ -159,10 +163,10 @@ def test_production_stack_is_the_fallback_after_promotion_and_503_when_nothing_s
         surface=seeded["groups"], actor=users["operator"], reason="populations", salt="after-promotion"
     )
     with stacks.faults({"interest-first@1": {"error": "down"}}):
-        body = viewer_client.post(RANK.format("groups"), {"unit_id": "u3"}, format="json").json()
+        body = serving_client.post(RANK.format("groups"), {"unit_id": "u3"}, format="json").json()
     assert body["stack"] == "unified-mtl@1" and body["fallback"] is None
     with stacks.faults({"unified-mtl@1": {"error": "down"}}):
-        response = viewer_client.post(RANK.format("groups"), {"unit_id": "u3"}, format="json")
+        response = serving_client.post(RANK.format("groups"), {"unit_id": "u3"}, format="json")
     assert response.status_code == 503 and response.json()["code"] == "stack_unavailable"
     assert LatencySample.objects.filter(surface=seeded["groups"], status="error").count() == 1
 

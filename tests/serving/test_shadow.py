@@ -113,12 +113,12 @@ def _wait_for(predicate, timeout: float = 90.0) -> bool:
 
 @pytest.mark.redis
 def test_shadow_parity_accumulates_through_a_real_worker(
-    celery_app_on_redis, celery_worker_process, seeded, users, stacks, viewer_client
+    celery_app_on_redis, celery_worker_process, seeded, users, stacks, serving_client
 ):
     _shadow_everything(seeded, users, seeded["unified"])
     started = time.perf_counter()
     bodies = [
-        viewer_client.post("/api/v1/surfaces/pages/rank", {"unit_id": f"u{i}"}, format="json").json()
+        serving_client.post("/api/v1/surfaces/pages/rank", {"unit_id": f"u{i}"}, format="json").json()
         for i in range(8)
     ]
     assert all(b["shadowed"] and b["stack"] == "content-first@1" for b in bodies)
@@ -151,12 +151,12 @@ def faulty_shadow_env(request, monkeypatch):
 
 @pytest.mark.redis
 def test_shadow_failures_in_the_worker_are_recorded(
-    celery_app_on_redis, faulty_shadow_env, celery_worker_process, seeded, users, stacks, viewer_client
+    celery_app_on_redis, faulty_shadow_env, celery_worker_process, seeded, users, stacks, serving_client
 ):
     _shadow_everything(seeded, users, seeded["unified"])
     started = time.perf_counter()
     bodies = [
-        viewer_client.post("/api/v1/surfaces/pages/rank", {"unit_id": f"u{i}"}, format="json")
+        serving_client.post("/api/v1/surfaces/pages/rank", {"unit_id": f"u{i}"}, format="json")
         for i in range(4)
     ]
     assert time.perf_counter() - started < 20  # live requests never wait for the failing shadow

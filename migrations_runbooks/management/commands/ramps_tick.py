@@ -22,8 +22,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         now = timezone.now()
         if options["now"]:
-            if not (settings.DEMO_MODE or settings.DEBUG):
-                raise CommandError("--now is accepted only in demo or debug mode")
+            if not settings.SIMULATED_CLOCK_ALLOWED:
+                raise CommandError(
+                    "--now is accepted only where SIMULATED_CLOCK_ALLOWED (demo, debug, tests)"
+                )
             try:
                 now = dt.datetime.fromisoformat(options["now"])
             except ValueError as exc:
