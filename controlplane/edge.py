@@ -56,6 +56,38 @@ class InputRefused(ValueError):
         self.message = message
 
 
+def client_ip(request: HttpRequest) -> str:
+    """The client's address: ``REMOTE_ADDR``, or, when that peer is a configured trusted proxy
+    (``settings.TRUSTED_PROXIES``), the right-most ``X-Forwarded-For`` hop that is not one. A client
+    cannot pick its address by sending the header itself: only a trusted proxy's header is read."""
+    import ipaddress
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        for entry in getattr(settings, "TRUSTED_PROXIES", ()) or ():
+            try:
+                if ip in ipaddress.ip_network(str(entry).strip(), strict=False):
+                    return True
+            except ValueError:
+                continue
+        return False
+
+    peer = str(request.META.get("REMOTE_ADDR") or "")
+    if not trusted(peer):
+        return peer
+    hops = [h.strip() for h in str(request.META.get("HTTP_X_FORWARDED_FOR", "")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a malformed hop: fall back to the proxy itself
+    return peer
+
+
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot be stored, or None when it can."""
     if "\x00" in value:

@@ -94,14 +94,18 @@ def users(make_user: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def api_client_for() -> Any:
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
     from rest_framework.test import APIClient
+
+    tokens: dict[int, str] = {}
 
     def client_for(user: Any | None) -> APIClient:
         client = APIClient()
         if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            # Hashed, expiring knox tokens: the plain token exists only here, once per user.
+            if user.pk not in tokens:
+                tokens[user.pk] = AuthToken.objects.create(user=user)[1]
+            client.credentials(HTTP_AUTHORIZATION=f"Token {tokens[user.pk]}")
         return client
 
     return client_for

@@ -56,9 +56,29 @@ def render(fig: Any, *, div_id: str, height: int = 320) -> SafeString:
         font={"family": "system-ui, sans-serif", "size": 12},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
     )
-    html = fig.to_html(include_plotlyjs=False, full_html=False, div_id=div_id, config=PLOT_CONFIG)
-    # Safe: plotly escapes <, > and / inside the figure JSON, and user text is escaped below.
-    return mark_safe(html)
+    return figure_block(fig, div_id=div_id, height=height)
+
+
+def figure_block(fig: Any, *, div_id: str, height: int) -> SafeString:
+    """The figure as data, not code: an empty chart div and a ``<script type="application/json">``
+    block that web/app.js draws with ``Plotly.newPlot`` (on load and after every htmx swap).
+
+    No inline script, so the Content-Security-Policy keeps ``script-src 'self'`` (issue 17); the
+    browser never executes a JSON block. ``<``, ``>`` and ``&`` are written as JSON escapes, so no
+    text inside a figure can close the block.
+    """
+    import json
+
+    import plotly.io as pio
+
+    payload = '{"figure":' + pio.to_json(fig, validate=False) + ',"config":' + json.dumps(PLOT_CONFIG) + "}"
+    payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    safe_id = escape(div_id)
+    return mark_safe(
+        f'<div class="plotly-figure"><div id="{safe_id}" class="plotly-graph-div" '
+        f'style="height:{int(height)}px; width:100%;"></div>'
+        f'<script type="application/json" data-plotly-figure="{safe_id}">{payload}</script></div>'
+    )
 
 
 def share_timeline(

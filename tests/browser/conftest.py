@@ -3,7 +3,8 @@
 - The browser is the system Chromium (`/usr/bin/chromium`); `playwright install` is not used.
 - Playwright's sync API runs an event loop in this thread, so Django's async-safety guard would
   refuse the test's own ORM calls: DJANGO_ALLOW_ASYNC_UNSAFE=true for this process only.
-- Every page a test opens fails the test on a JavaScript console error or an uncaught exception.
+- Every page a test opens fails the test on a JavaScript console error, an uncaught exception or a
+  Content-Security-Policy violation.
 - Screenshots go to $SCREENSHOT_DIR (default test-artifacts/screenshots).
 """
 
@@ -74,6 +75,12 @@ class ConsoleWatch:
         self.errors: list[str] = []
 
     def attach(self, page: Any) -> Any:
+        # A Content-Security-Policy violation fails the test too (issue 17), even one the browser
+        # reports only as an event: re-raise it as a console error. Init scripts are not subject to CSP.
+        page.add_init_script(
+            "document.addEventListener('securitypolicyviolation', function (e) {"
+            " console.error('CSP violation: ' + e.violatedDirective + ' blocked ' + (e.blockedURI || 'inline')); });"
+        )
         page.on(
             "console",
             lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text} ({page.url})"),

@@ -71,7 +71,7 @@ def send_duplicates(url: str, token: str, body: dict[str, Any], copies: int) -> 
 @pytest.mark.timeout(120)
 def test_duplicate_batches_over_http_count_once(postgres, transactional_db, live_server, seeded, users):
     from django.utils import timezone
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
 
     from controlplane.selectors import allocation_config
     from controlplane.services import allocation_change
@@ -94,7 +94,7 @@ def test_duplicate_batches_over_http_count_once(postgres, transactional_db, live
     experiment = experiment_create_for_surface(
         surface=pages, treatment_stack=unified, salt=allocation.salt, actor="system:test", now=now
     )
-    token = Token.objects.create(user=users["operator"]).key
+    token = AuthToken.objects.create(user=users["operator"])[1]
     base = live_server.url
     session = requests.Session()
     session.headers.update({"Authorization": f"Token {token}"})

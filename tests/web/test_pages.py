@@ -295,8 +295,8 @@ def test_login_page_keeps_field_ids_and_rate_limit_message(db):
     client = Client()
     html = client.get("/accounts/login/").content.decode()
     assert 'id="id_username"' in html and 'id="id_password"' in html
-    for _ in range(11):
-        response = client.post("/accounts/login/", {"username": "x", "password": "y"})
+    for i in range(11):
+        response = client.post("/accounts/login/", {"username": f"x{i}", "password": "y"})
     assert response.status_code == 429 and "Too many login attempts" in response.content.decode()
 
 
@@ -320,3 +320,19 @@ def test_stack_registry_shows_latency_measured_in_serving(seeded, users, client_
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
     assert cells[0] == "100" and cells[3] == "50.5"
     assert cells[4].startswith("99.0") and "over SLO" in cells[4]  # SLO of unified-mtl@1 is 80 ms
+
+
+@pytest.mark.parametrize("path", ["/", "/stacks/", "/surfaces/pages/", "/audit/", "/runbooks/", "/shadow/"])
+def test_pages_carry_a_csp_that_forbids_inline_scripts_and_use_none(seeded, users, client_for, path):
+    """Issue 17: django-csp's policy; charts are JSON data blocks drawn by app.js, not inline code."""
+    response = client_for(users["viewer"]).get(path)
+    assert response.status_code == 200
+    policy = dict(
+        part.strip().split(" ", 1) for part in response["Content-Security-Policy"].split(";") if part.strip()
+    )
+    assert policy["script-src"] == "'self'" and policy["object-src"] == "'none'"
+    assert policy["frame-ancestors"] == "'none'"
+    html = response.content.decode()
+    for tag in re.findall(r"<script\b[^>]*>", html):
+        assert "src=" in tag or 'type="application/json"' in tag, tag
+    assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers either

@@ -179,7 +179,7 @@ def test_status_partial_for_htmx_with_gates_and_change_trigger(seeded, users, cl
     assert partial["HX-Trigger"] == "runbook-changed"
     assert "Approval needed" in partial.content.decode()
     timeline = operator.get(url, {"part": "timeline"}, HTTP_HX_REQUEST="true").content.decode()
-    assert re.search(rf'id="runbook-timeline-{rb.pk}-\d+"', timeline) and "Plotly.newPlot" in timeline
+    assert re.search(rf'id="runbook-timeline-{rb.pk}-\d+"', timeline) and "data-plotly-figure" in timeline
     history = operator.get(url, {"part": "history"}, HTTP_HX_REQUEST="true").content.decode()
     assert "<html" not in history and 'aria-current="step"' in history
     assert re.search(

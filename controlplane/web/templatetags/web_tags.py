@@ -75,7 +75,7 @@ def badge(status: Any, label: Any = None) -> SafeString:
 
 @register.simple_tag
 def plotly_script() -> SafeString:
-    """plotly.js from the plotly wheel; blocking on purpose: the figures' inline scripts call Plotly."""
+    """plotly.js from the plotly wheel; blocking on purpose: web/app.js draws the figures with it."""
     from controlplane.web.assets import plotly_version
 
     return format_html('<script src="{}"></script>', reverse("web-plotly-js", args=[plotly_version()]))
