@@ -180,6 +180,14 @@ class AllocationApi(APIView):
         shadow_stack = _StackLabelField(required=False, allow_null=True, allow_blank=True)
         shadow_bp = serializers.IntegerField(required=False, min_value=0, max_value=10000)
         holdout_bp = serializers.IntegerField(required=False, min_value=0, max_value=10000)
+        override = serializers.BooleanField(
+            default=False,
+            help_text=(
+                "Manual override on a surface an active runbook drives: the change is applied, the "
+                "runbook is paused with the reason, and both are audited. Without it such a change is "
+                "refused with 409 naming the runbook."
+            ),
+        )
 
     @extend_schema(operation_id="allocation_current", responses=AllocationOutput)
     def get(self, request: Request, surface_key: str) -> Response:
@@ -193,7 +201,10 @@ class AllocationApi(APIView):
         responses={
             200: AllocationOutput,
             400: OpenApiResponse(description="invalid"),
-            409: OpenApiResponse(description="stale expected_version"),
+            409: OpenApiResponse(
+                description="stale expected_version, or the surface is driven by an active runbook "
+                "(the error names it; send override=true to pause it and change the allocation)"
+            ),
         },
     )
     def post(self, request: Request, surface_key: str) -> Response:

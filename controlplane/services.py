@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -295,6 +295,17 @@ def allocation_snapshot(allocation: Allocation) -> dict[str, Any]:
 _UNSET: Any = object()
 
 
+# Checks another layer adds to every allocation change (a runbook refusing a manual change on a
+# surface it drives: migrations_runbooks.allocation_guard). Each runs inside the change's
+# transaction with the surface row locked, and may raise an ApplicationError to refuse it.
+_allocation_guards: list[Callable[..., None]] = []
+
+
+def allocation_guard_register(guard: Callable[..., None]) -> None:
+    if guard not in _allocation_guards:
+        _allocation_guards.append(guard)
+
+
 @transaction.atomic
 def allocation_change(
     *,
@@ -310,16 +321,21 @@ def allocation_change(
     expected_version: int | None = None,
     verb: str = "allocation.change",
     now: dt.datetime | None = None,
+    override: bool = False,
 ) -> Allocation:
     """Publish a new allocation version for ``surface``; unchanged values keep the current version.
 
     Arguments left out keep their current values. ``expected_version`` gives optimistic concurrency
-    for API clients: a stale version is refused with 409 instead of silently overwriting.
+    for API clients: a stale version is refused with 409 instead of silently overwriting. Registered
+    guards run first: a surface under an active runbook refuses a manual change with 409 unless
+    ``override`` (which pauses the runbook, audited).
     """
     now = now or timezone.now()
     if not reason or not reason.strip():
         raise ApplicationError("a reason is required for every allocation change", field="reason")
     surface = Surface.objects.select_for_update().get(pk=surface.pk)
+    for guard in _allocation_guards:
+        guard(surface=surface, actor=actor, reason=reason, verb=verb, override=override, now=now)
     current = (
         Allocation.objects.select_related("treatment_stack", "shadow_stack")
         .filter(surface=surface)

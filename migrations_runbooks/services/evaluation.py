@@ -11,6 +11,7 @@ from typing import Any
 from controlplane.models import SurfacePopulation
 from controlplane.services import Actor
 from migrations_runbooks import capacity, gates
+from migrations_runbooks.allocation_drift import allocation_drift_gates
 from migrations_runbooks.models import GateResult, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.services._base import SYSTEM_BEAT, _label
 
@@ -147,6 +148,7 @@ def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now:
         serving_error=serving_error,
         capacity=check,
     )
+    result = [*result, *allocation_drift_gates(runbook=rb, step=step)]  # live split == the step's
     outcome = gates.summarize(result)
     return Evaluation(result, outcome, analysis, [g.reason for g in gates.blocking(result)])
 
