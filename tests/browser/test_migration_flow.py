@@ -114,7 +114,7 @@ def test_ramp_with_four_eyes_approval_tick_and_rollback(ui, new_user_page, seede
     # Plotly re-lays out its charts on the resize event, asynchronously: give it a moment to
     # settle (the assertion below still fails if the page never fits).
     with contextlib.suppress(PlaywrightTimeoutError):
-        operator.wait_for_function(f"document.documentElement.scrollWidth <= {NARROW['width']}", timeout=5000)
+        operator.wait_for_function(f"() => document.documentElement.scrollWidth <= {NARROW['width']}", timeout=5000)
     snap(operator, "runbook-narrow")
     width = operator.evaluate("document.documentElement.scrollWidth")
     assert width <= NARROW["width"], f"runbook page is {width}px wide on a {NARROW['width']}px screen"
