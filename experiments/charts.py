@@ -282,8 +282,30 @@ def latency_chart(latency: Sequence[Mapping[str, Any]], parity: Sequence[Mapping
 
 
 def figure_html(fig: Any, *, div_id: str, include_plotlyjs: bool = False) -> str:
-    """An HTML fragment of one figure; ``include_plotlyjs=True`` inlines plotly.js (no CDN)."""
+    """An HTML fragment of one figure; ``include_plotlyjs=True`` inlines plotly.js (no CDN).
+
+    Without plotly.js inline (a page of the site) the figure is data, not code: an empty chart div
+    and a ``<script type="application/json" data-plotly-figure>`` block that the site's app.js
+    draws, so the Content-Security-Policy forbids inline scripts (issue 17). The standalone file
+    (opened from disk, no policy) keeps plotly's inline script.
+    """
     fig.update_layout(template="plotly_white", font={"family": "system-ui, sans-serif", "size": 12})
+    if not include_plotlyjs:
+        import json
+
+        import plotly.io as pio
+
+        payload = (
+            '{"figure":' + pio.to_json(fig, validate=False) + ',"config":' + json.dumps(PLOT_CONFIG) + "}"
+        )
+        payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        height = int(fig.layout.height or 360)
+        safe_id = html.escape(div_id, quote=True)
+        return (
+            f'<div class="plotly-figure"><div id="{safe_id}" class="plotly-graph-div" '
+            f'style="height:{height}px; width:100%;"></div>'
+            f'<script type="application/json" data-plotly-figure="{safe_id}">{payload}</script></div>'
+        )
     return str(
         fig.to_html(include_plotlyjs=include_plotlyjs, full_html=False, div_id=div_id, config=PLOT_CONFIG)
     )
