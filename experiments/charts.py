@@ -281,16 +281,16 @@ def latency_chart(latency: Sequence[Mapping[str, Any]], parity: Sequence[Mapping
     return fig
 
 
-def figure_html(fig: Any, *, div_id: str, include_plotlyjs: bool = False) -> str:
+def figure_html(fig: Any, *, div_id: str, include_plotlyjs: bool = False, data_block: bool = False) -> str:
     """An HTML fragment of one figure; ``include_plotlyjs=True`` inlines plotly.js (no CDN).
 
-    Without plotly.js inline (a page of the site) the figure is data, not code: an empty chart div
+    ``data_block`` (a page of the site, which loads app.js): the figure is data, not code: an empty chart div
     and a ``<script type="application/json" data-plotly-figure>`` block that the site's app.js
     draws, so the Content-Security-Policy forbids inline scripts (issue 17). The standalone file
     (opened from disk, no policy) keeps plotly's inline script.
     """
     fig.update_layout(template="plotly_white", font={"family": "system-ui, sans-serif", "size": 12})
-    if not include_plotlyjs:
+    if data_block and not include_plotlyjs:
         import json
 
         import plotly.io as pio

@@ -169,7 +169,10 @@ def _figures(data: Mapping[str, Any], *, inline_plotlyjs: bool) -> dict[str, str
             continue
         # The standalone file inlines plotly.js once, with the first figure (include_plotlyjs=True).
         out[name] = charts.figure_html(
-            fig, div_id=f"readout-{name}", include_plotlyjs=inline_plotlyjs and first
+            fig,
+            div_id=f"readout-{name}",
+            include_plotlyjs=inline_plotlyjs and first,
+            data_block=not inline_plotlyjs,  # a site page: app.js draws it (CSP: no inline script)
         )
         first = False
     return out
