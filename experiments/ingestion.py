@@ -48,10 +48,11 @@ import pandas as pd
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from controlplane.assignment import bucket as assignment_bucket
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import Allocation, Population, RankingStack, Surface
-from experiments.models import Exposure, IngestBatch, MetricDefinition, MetricObservation
+from controlplane.core.assignment import bucket as assignment_bucket
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import Allocation, Population, RankingStack, Surface
+from controlplane.serving.models import Exposure, IngestBatch
+from experiments.models import MetricDefinition, MetricObservation
 
 MAX_ROWS_PER_BATCH = 2_000_000
 ARMS = ("holdout", "control", "treatment")

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("module", ["experiments.stats", "rankers.engine", "controlplane.assignment"])
+@pytest.mark.parametrize("module", ["experiments.stats", "rankers.engine", "controlplane.core.assignment"])
 def test_pure_engine_imports_without_django(module):
     if (
         not (ROOT / module.replace(".", "/")).with_suffix(".py").exists()

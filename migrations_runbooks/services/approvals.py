@@ -6,9 +6,9 @@ import datetime as dt
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.permissions import APPROVER
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.permissions import APPROVER
+from controlplane.core.services import Actor
 from migrations_runbooks.models import Approval, Runbook
 from migrations_runbooks.notifications import notify
 from migrations_runbooks.services._base import (

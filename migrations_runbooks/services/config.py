@@ -8,10 +8,10 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError
-from controlplane.models import RankingStack
-from controlplane.permissions import OPERATOR
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import RankingStack
+from controlplane.core.permissions import OPERATOR
+from controlplane.core.services import Actor
 from migrations_runbooks.models import CapacityConfig, Milestone, WebhookEndpoint
 from migrations_runbooks.services._base import _require_role, audit
 

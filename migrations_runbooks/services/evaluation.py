@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.models import SurfacePopulation
-from controlplane.services import Actor
+from controlplane.core.models import SurfacePopulation
+from controlplane.core.services import Actor
 from migrations_runbooks import capacity, gates
 from migrations_runbooks.models import GateResult, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.services._base import SYSTEM_BEAT, _label

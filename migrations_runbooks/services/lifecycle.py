@@ -8,10 +8,10 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import RankingStack, Surface
-from controlplane.permissions import OPERATOR
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import RankingStack, Surface
+from controlplane.core.permissions import OPERATOR
+from controlplane.core.services import Actor
 from migrations_runbooks.models import Milestone, RampStep, Runbook, RunbookTemplate, StepEvaluation
 from migrations_runbooks.services._base import (
     DAY,

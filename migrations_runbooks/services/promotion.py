@@ -6,10 +6,10 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controlplane import services as core
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import RankingStack, Surface, SurfacePopulation
-from controlplane.services import Actor
+from controlplane.core import services as core
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import RankingStack, Surface, SurfacePopulation
+from controlplane.core.services import Actor
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.notifications import notify

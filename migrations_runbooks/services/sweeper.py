@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.services import Actor
+from controlplane.core.services import Actor
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.notifications import notify

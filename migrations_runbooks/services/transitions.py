@@ -6,9 +6,9 @@ import datetime as dt
 import secrets
 from typing import Any
 
-from controlplane import services as core
-from controlplane.errors import ConflictError
-from controlplane.services import Actor
+from controlplane.core import services as core
+from controlplane.core.errors import ConflictError
+from controlplane.core.services import Actor
 from migrations_runbooks import capacity, gates
 from migrations_runbooks.models import RampStep, Runbook
 from migrations_runbooks.notifications import notify

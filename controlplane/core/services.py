@@ -11,9 +11,16 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models, transaction
 from django.utils import timezone
 
-from controlplane.assignment import BUCKETS, validate_allocation
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import Allocation, AuditEvent, Population, RankingStack, Surface, SurfacePopulation
+from controlplane.core.assignment import BUCKETS, validate_allocation
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import (
+    Allocation,
+    AuditEvent,
+    Population,
+    RankingStack,
+    Surface,
+    SurfacePopulation,
+)
 
 Actor = AbstractBaseUser | AnonymousUser | str | None
 

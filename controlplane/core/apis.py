@@ -12,9 +12,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane import selectors, services
-from controlplane.models import AuditEvent, RankingStack, Surface
-from controlplane.permissions import IsOperator, IsViewer
+from controlplane.core import selectors, services
+from controlplane.core.models import AuditEvent, RankingStack, Surface
+from controlplane.core.permissions import IsOperator, IsViewer
 
 
 class StackOutput(serializers.ModelSerializer):
