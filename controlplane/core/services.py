@@ -338,32 +338,35 @@ def allocation_change(
             f"allocation of {surface.key} is at version {current.version}, not {expected_version}; reload and retry",
             field="expected_version",
         )
-    new = {
-        "salt": current.salt
-        if salt is _UNSET and current
-        else (salt if salt is not _UNSET else f"{surface.key}-{secrets.token_hex(4)}"),
-        "holdout_bp": (current.holdout_bp if current else 0) if holdout_bp is _UNSET else holdout_bp,
-        "treatment_stack": (current.treatment_stack if current else None)
-        if treatment_stack is _UNSET
-        else treatment_stack,
-        "treatment_bp": (current.treatment_bp if current else 0) if treatment_bp is _UNSET else treatment_bp,
-        "shadow_stack": (current.shadow_stack if current else None)
-        if shadow_stack is _UNSET
-        else shadow_stack,
-        "shadow_bp": (current.shadow_bp if current else 0) if shadow_bp is _UNSET else shadow_bp,
-        "populations": _allocation_populations(surface),
+
+    def keep(value: Any, field_name: str, default: Any) -> Any:
+        if value is not _UNSET:
+            return value
+        return getattr(current, field_name) if current is not None else default
+
+    new_salt: str = keep(salt, "salt", f"{surface.key}-{secrets.token_hex(4)}")
+    new_treatment: RankingStack | None = keep(treatment_stack, "treatment_stack", None)
+    new_shadow: RankingStack | None = keep(shadow_stack, "shadow_stack", None)
+    populations = _allocation_populations(surface)
+    new: dict[str, Any] = {
+        "salt": new_salt,
+        "holdout_bp": keep(holdout_bp, "holdout_bp", 0),
+        "treatment_stack": new_treatment,
+        "treatment_bp": keep(treatment_bp, "treatment_bp", 0),
+        "shadow_stack": new_shadow,
+        "shadow_bp": keep(shadow_bp, "shadow_bp", 0),
+        "populations": populations,
     }
     errors = validate_allocation(
         holdout_bp=new["holdout_bp"],
         treatment_bp=new["treatment_bp"],
-        treatment_stack=new["treatment_stack"].label if new["treatment_stack"] else None,
+        treatment_stack=new_treatment.label if new_treatment else None,
         shadow_bp=new["shadow_bp"],
-        shadow_stack=new["shadow_stack"].label if new["shadow_stack"] else None,
-        populations=[(p["population"], p["stack"], p["bp"]) for p in new["populations"]],
-        salt=new["salt"],
+        shadow_stack=new_shadow.label if new_shadow else None,
+        populations=[(p["population"], p["stack"], p["bp"]) for p in populations],
+        salt=new_salt,
     )
-    for field_name in ("treatment_stack", "shadow_stack"):
-        stack = new[field_name]
+    for field_name, stack in (("treatment_stack", new_treatment), ("shadow_stack", new_shadow)):
         if stack is not None and stack.status == RankingStack.Status.RETIRED:
             errors.setdefault(field_name, f"{stack.label} is retired")
     if errors:
