@@ -21,6 +21,7 @@ from controlplane.core.models import (
     Surface,
     SurfacePopulation,
 )
+from controlplane.core.updates import model_update
 
 Actor = AbstractBaseUser | AnonymousUser | str | None
 
@@ -147,12 +148,9 @@ def stack_register(
             f"{stack.label} is registered as {stack.kind}; a version cannot change kind", field="kind"
         )
     before = _stack_snapshot(stack)
-    changed = [f for f, v in values.items() if getattr(stack, f) != v]
+    stack, changed = model_update(instance=stack, data=values)
     if not changed:
         return stack
-    for f in changed:
-        setattr(stack, f, values[f])
-    stack.save(update_fields=[*changed, "updated_at"])
     audit_record(
         actor=actor,
         verb="stack.update",
@@ -172,8 +170,7 @@ def stack_set_status(*, stack: RankingStack, status: str, actor: Actor, reason: 
     if stack.status == status:
         return stack
     before = {"status": stack.status}
-    stack.status = status
-    stack.save(update_fields=["status", "updated_at"])
+    model_update(instance=stack, data={"status": status})
     audit_record(
         actor=actor,
         verb=f"stack.{status}",
@@ -242,8 +239,7 @@ def surface_upsert(
     if surface is None:
         surface = Surface.objects.create(key=key, name=name, peak_qps=peak_qps)
     else:
-        surface.name, surface.peak_qps = name, peak_qps
-        surface.save(update_fields=["name", "peak_qps", "updated_at"])
+        model_update(instance=surface, data={"name": name, "peak_qps": peak_qps})
     for population, (stack, bp) in populations.items():
         SurfacePopulation.objects.update_or_create(
             surface=surface, population=population, defaults={"stack": stack, "share_bp": bp}
@@ -407,9 +403,7 @@ def surface_promote_stack(
     if surface.production_stack_id == stack.pk and surface.status == Surface.Status.UNIFIED:
         return surface
     before = _surface_snapshot(surface)
-    surface.production_stack = stack
-    surface.status = Surface.Status.UNIFIED
-    surface.save(update_fields=["production_stack", "status", "updated_at"])
+    model_update(instance=surface, data={"production_stack": stack, "status": Surface.Status.UNIFIED})
     SurfacePopulation.objects.filter(surface=surface).update(stack=stack)
     audit_record(
         actor=actor,
@@ -433,8 +427,7 @@ def surface_set_status(
     if surface.status == status:
         return surface
     before = {"status": surface.status}
-    surface.status = status
-    surface.save(update_fields=["status", "updated_at"])
+    model_update(instance=surface, data={"status": status})
     audit_record(
         actor=actor,
         verb="surface.status",

@@ -11,6 +11,7 @@ from django.db import transaction
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.permissions import APPROVER
 from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks.models import Approval, Runbook
 from migrations_runbooks.notifications import notify
 from migrations_runbooks.services._base import (
@@ -38,8 +39,7 @@ def _request_approval(
     if existing is not None and existing.kind == kind and existing.step_index == step_index:
         return existing
     if existing is not None:
-        existing.status, existing.decided_at = Approval.Status.CANCELLED, now
-        existing.save(update_fields=["status", "decided_at"])
+        model_update(instance=existing, data={"status": Approval.Status.CANCELLED, "decided_at": now})
     approval = Approval.objects.create(
         runbook=rb,
         kind=kind,
@@ -125,11 +125,17 @@ def runbook_approve(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
         )
     _decide(approval, Approval.Status.APPROVED, actor=actor, reason=reason, now=now)
     # The grant does not move traffic by itself: the next tick re-checks the gates on fresh analysis.
-    rb.next_check_at = now
-    if rb.status == Runbook.Status.WAITING_APPROVAL:
-        rb.status_reason = f"approved by {person.get_username()}: {reason}; applying on the next check"
-    rb.updated_at = now
-    rb.save(update_fields=["next_check_at", "status_reason", "updated_at"])
+    model_update(
+        instance=rb,
+        data={
+            "next_check_at": now,
+            "status_reason": f"approved by {person.get_username()}: {reason}; applying on the next check"
+            if rb.status == Runbook.Status.WAITING_APPROVAL
+            else rb.status_reason,
+        },
+        now=now,
+        force=["updated_at"],
+    )
     audit(
         actor=actor,
         verb="approval.approve",
