@@ -70,9 +70,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
-    "controlplane",
+    "controlplane.core",
     "controlplane.serving",
     "controlplane.web",
+    "controlplane.demo",
     "rankers",
     "experiments",
     "migrations_runbooks",
@@ -114,7 +115,7 @@ AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_HOURS", "0.25"))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "controlplane.edge.client_ip"
-AXES_LOCKOUT_CALLABLE = "controlplane.views.login_locked_out"
+AXES_LOCKOUT_CALLABLE = "controlplane.web.login.login_locked_out"
 AXES_VERBOSE = False
 
 ROOT_URLCONF = "controlplane.urls"
@@ -142,7 +143,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "controlplane.sqlite3",
+            "NAME": str(VAR_DIR / "controlplane.sqlite3"),
             # Web, worker and beat share the file: WAL lets readers run beside the writer, and
             # IMMEDIATE transactions take the write lock up front instead of failing mid-transaction.
             "OPTIONS": {
@@ -220,9 +221,9 @@ REST_FRAMEWORK = {
         "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["controlplane.permissions.IsViewer"],
+    "DEFAULT_PERMISSION_CLASSES": ["controlplane.core.permissions.IsViewer"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneAutoSchema",
-    "EXCEPTION_HANDLER": "controlplane.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "controlplane.core.errors.api_exception_handler",
     "DEFAULT_PARSER_CLASSES": [
         "controlplane.edge.GuardedJSONParser",
         "rest_framework.parsers.FormParser",
@@ -252,9 +253,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
-        "StackStatusEnum": "controlplane.models.RankingStack.Status",
-        "SurfaceStatusEnum": "controlplane.models.Surface.Status",
-        "StackKindEnum": "controlplane.models.RankingStack.Kind",
+        "StackStatusEnum": "controlplane.core.models.RankingStack.Status",
+        "SurfaceStatusEnum": "controlplane.core.models.Surface.Status",
+        "StackKindEnum": "controlplane.core.models.RankingStack.Kind",
         "MetricKindEnum": "experiments.models_evidence.MetricDefinition.Kind",
         "DecisionVerdictEnum": "experiments.models.Decision.Verdict",
     },
@@ -304,7 +305,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "controlplane-heartbeat": {
-        "task": "controlplane.tasks.heartbeat",
+        "task": "controlplane.core.tasks.heartbeat",
         "schedule": crontab(minute="*"),
         "options": {"expires": 50},
     },

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.selectors import allocation_current
+from controlplane.core.selectors import allocation_current
 from migrations_runbooks.gates import HOLD, PASS, Gate
 
 

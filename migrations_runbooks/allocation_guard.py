@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from controlplane.errors import ConflictError
+from controlplane.core.errors import ConflictError
 from migrations_runbooks.models import Runbook
 
 RUNBOOK_VERBS = frozenset(

@@ -7,7 +7,7 @@ class MigrationsRunbooksConfig(AppConfig):
 
     def ready(self) -> None:
         # The core layer cannot import runbooks: it calls the guards registered here (issue 17).
-        from controlplane.services import allocation_guard_register
+        from controlplane.core.services import allocation_guard_register
         from migrations_runbooks.allocation_guard import runbook_allocation_guard
 
         allocation_guard_register(runbook_allocation_guard)

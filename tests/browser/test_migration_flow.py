@@ -13,7 +13,7 @@ from django.utils import timezone
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
-from controlplane.selectors import allocation_current
+from controlplane.core.selectors import allocation_current
 from migrations_runbooks import services as rb_services
 from migrations_runbooks.models import Runbook
 from tests.browser.conftest import NARROW, login, snap
@@ -114,7 +114,9 @@ def test_ramp_with_four_eyes_approval_tick_and_rollback(ui, new_user_page, seede
     # Plotly re-lays out its charts on the resize event, asynchronously: give it a moment to
     # settle (the assertion below still fails if the page never fits).
     with contextlib.suppress(PlaywrightTimeoutError):
-        operator.wait_for_function(f"() => document.documentElement.scrollWidth <= {NARROW['width']}", timeout=5000)
+        operator.wait_for_function(
+            f"() => document.documentElement.scrollWidth <= {NARROW['width']}", timeout=5000
+        )
     snap(operator, "runbook-narrow")
     width = operator.evaluate("document.documentElement.scrollWidth")
     assert width <= NARROW["width"], f"runbook page is {width}px wide on a {NARROW['width']}px screen"

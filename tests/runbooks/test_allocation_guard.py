@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from controlplane.models import Allocation, AuditEvent
+from controlplane.core.models import Allocation, AuditEvent
 from migrations_runbooks import services
 from migrations_runbooks.allocation_drift import allocation_drift
 from migrations_runbooks.models import Runbook

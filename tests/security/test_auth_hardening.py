@@ -82,7 +82,7 @@ def test_api_tokens_are_hashed_expire_and_can_be_revoked(make_user, seeded):
 
 
 def test_the_serving_token_command_issues_a_fleet_token_that_ranks_and_ingests_but_reads_nothing(seeded):
-    from controlplane.models import AuditEvent
+    from controlplane.core.models import AuditEvent
 
     out = StringIO()
     call_command("serving_token", "eu-west", "--ttl-days", "7", stdout=out)

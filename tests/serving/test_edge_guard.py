@@ -10,10 +10,11 @@ import pytest
 from django.db import DataError
 from django.utils import timezone
 
+from controlplane.core.errors import api_exception_handler
 from controlplane.edge import MAX_JSON_DEPTH
-from controlplane.errors import api_exception_handler
+from controlplane.serving.models import Exposure
 from experiments.ingestion import metric_definitions_ensure
-from experiments.models import Exposure, MetricObservation
+from experiments.models import MetricObservation
 
 YESTERDAY = (timezone.now() - dt.timedelta(days=1)).date().isoformat()
 

@@ -21,8 +21,8 @@ from django.db import transaction
 from django.utils import timezone
 from knox.models import AuthToken
 
-from controlplane.permissions import SERVING
-from controlplane.services import audit_record
+from controlplane.core.permissions import SERVING
+from controlplane.core.services import audit_record
 
 
 class Command(BaseCommand):
