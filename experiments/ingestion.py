@@ -11,7 +11,7 @@ What is atomic and what is partial
 * Within a batch, validation is per row: a bad row is rejected with an error naming its index
   (0-based) and field; the good rows are kept (status ``partial``). A batch whose every row is bad
   is recorded as ``rejected``.
-* A ``client_batch_id`` makes a batch idempotent per kind: re-sending it returns the first result
+* A ``client_batch_id`` makes a batch idempotent per (kind, surface): re-sending it returns the first result
   and writes nothing (a re-send with a different row count is refused with 409). Send corrected
   rows under a new batch id.
 
@@ -179,6 +179,7 @@ class IngestResult:
         return {
             "client_batch_id": b.client_batch_id,
             "kind": b.kind,
+            "surface": b.surface_key,
             "status": b.status,
             "received": b.received,
             "accepted": b.accepted,
@@ -513,9 +514,12 @@ def _write_metric_rows(
 
 
 def _open_batch(
-    *, kind: str, client_batch_id: str, received: int, actor: Any, now: dt.datetime
+    *, kind: str, surface: Surface, client_batch_id: str, received: int, actor: Any, now: dt.datetime
 ) -> tuple[IngestBatch, bool]:
-    """Claim ``client_batch_id`` inside the caller's transaction; (batch, replayed)."""
+    """Claim ``client_batch_id`` for (kind, surface) inside the caller's transaction; (batch, replayed).
+
+    Ids are unique per (kind, surface): two surfaces' warehouses may number their batches alike, and
+    the same id on another surface is a different batch, not a replay (issue 17)."""
     if not isinstance(client_batch_id, str) or not client_batch_id.strip() or len(client_batch_id) > 128:
         raise ApplicationError("client_batch_id must be 1..128 characters", field="client_batch_id")
     if received > MAX_ROWS_PER_BATCH:
@@ -525,13 +529,16 @@ def _open_batch(
             code="batch_too_large",
             http_status=413,
         )
-    existing = IngestBatch.objects.filter(kind=kind, client_batch_id=client_batch_id).first()
+    existing = IngestBatch.objects.filter(
+        kind=kind, surface_key=surface.key, client_batch_id=client_batch_id
+    ).first()
     if existing is None:
         try:
             with transaction.atomic():
                 label = actor if isinstance(actor, str) else getattr(actor, "username", str(actor))
                 batch = IngestBatch.objects.create(
                     kind=kind,
+                    surface_key=surface.key,
                     client_batch_id=client_batch_id,
                     status=IngestBatch.Status.REJECTED,
                     received=received,
@@ -544,7 +551,9 @@ def _open_batch(
             return batch, False
         except IntegrityError:
             # A concurrent request with the same id committed first: replay its result.
-            existing = IngestBatch.objects.get(kind=kind, client_batch_id=client_batch_id)
+            existing = IngestBatch.objects.get(
+                kind=kind, surface_key=surface.key, client_batch_id=client_batch_id
+            )
     if existing.received != received:
         raise ConflictError(
             f"batch {client_batch_id!r} was already ingested with {existing.received} rows; this one has "
@@ -615,7 +624,12 @@ def ingest_metric_columns(
     if not (len(days) == len(metrics) == len(values) == n):
         raise ApplicationError("columns must have the same length", field="rows")
     batch, replayed = _open_batch(
-        kind=IngestBatch.Kind.METRIC_ROWS, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+        surface=surface,
+        kind=IngestBatch.Kind.METRIC_ROWS,
+        client_batch_id=client_batch_id,
+        received=n,
+        actor=actor,
+        now=now,
     )
     if replayed:
         return IngestResult(batch, True)
@@ -664,7 +678,12 @@ def ingest_events(
     surface = _surface(surface)
     n = len(events)
     batch, replayed = _open_batch(
-        kind=IngestBatch.Kind.EVENTS, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+        surface=surface,
+        kind=IngestBatch.Kind.EVENTS,
+        client_batch_id=client_batch_id,
+        received=n,
+        actor=actor,
+        now=now,
     )
     if replayed:
         return IngestResult(batch, True)
@@ -732,7 +751,12 @@ def ingest_exposures(
     surface = _surface(surface)
     n = len(rows)
     batch, replayed = _open_batch(
-        kind=IngestBatch.Kind.EXPOSURES, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+        surface=surface,
+        kind=IngestBatch.Kind.EXPOSURES,
+        client_batch_id=client_batch_id,
+        received=n,
+        actor=actor,
+        now=now,
     )
     if replayed:
         return IngestResult(batch, True)
@@ -791,7 +815,12 @@ def ingest_latency(
     surface = _surface(surface)
     n = len(rows)
     batch, replayed = _open_batch(
-        kind=IngestBatch.Kind.LATENCY, client_batch_id=client_batch_id, received=n, actor=actor, now=now
+        surface=surface,
+        kind=IngestBatch.Kind.LATENCY,
+        client_batch_id=client_batch_id,
+        received=n,
+        actor=actor,
+        now=now,
     )
     if replayed:
         return IngestResult(batch, True)

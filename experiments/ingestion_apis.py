@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Empty, Request
 from rest_framework.response import Response
@@ -29,8 +35,13 @@ INGEST_DESCRIPTION = (
     "are stored or neither is. **Partial:** validation is per row; each bad row is rejected with an "
     "error `{row, field, message}` (row = 0-based index in the batch) and the good rows are kept "
     "(status `partial`); a batch with no good row is recorded as `rejected` (HTTP 422). "
-    "**Idempotent:** `client_batch_id` is unique per kind; re-sending it returns the first result with "
-    "`replayed: true` and writes nothing (a different row count under the same id is refused with 409). "
+    "**Idempotent:** `client_batch_id` is unique per (kind, surface); re-sending it returns the first "
+    "result with `replayed: true` and writes nothing (a different row count under the same id is refused "
+    "with 409); the same id on another surface is another batch. **Re-sending a rejected or partial "
+    "batch after a fix:** its id is spent (a re-send would replay the first result), so send the "
+    "corrected rows — only the rejected ones for a `partial` batch, whose good rows are stored — under a "
+    "new `client_batch_id` (e.g. `<id>-fix1`); `GET /api/v1/ingest/batches/{kind}/{id}/?surface=` shows "
+    "which rows were rejected and why. "
     "Rows are rejected for an unknown unit (no exposure on the surface), unknown metric or event type, "
     "negative, non-finite or too large values (beyond INGEST_MAX_ABS_VALUE, 1e12), and days/timestamps "
     "out of range. PostgreSQL writes use COPY. **Body limit:** INGEST_MAX_BODY_BYTES (256 MiB, enough "
@@ -56,6 +67,7 @@ BatchOutput = inline_serializer(
     fields={
         "client_batch_id": serializers.CharField(),
         "kind": serializers.CharField(),
+        "surface": serializers.CharField(),
         "status": serializers.ChoiceField(choices=IngestBatch.Status.choices),
         "received": serializers.IntegerField(),
         "accepted": serializers.IntegerField(),
@@ -234,9 +246,28 @@ class IngestLatencyApi(_IngestApi):
 class IngestBatchDetailApi(APIView):
     permission_classes = [IsViewer]
 
-    @extend_schema(operation_id="ingest_batch_detail", responses={200: BatchOutput, 404: OpenApiResponse()})
+    @extend_schema(
+        operation_id="ingest_batch_detail",
+        parameters=[
+            OpenApiParameter(
+                "surface",
+                str,
+                description="the batch's surface; required when the id was used on several surfaces",
+            )
+        ],
+        responses={200: BatchOutput, 400: OpenApiResponse(), 404: OpenApiResponse()},
+    )
     def get(self, request: Request, kind: str, client_batch_id: str) -> Response:
-        batch = IngestBatch.objects.filter(kind=kind, client_batch_id=client_batch_id).first()
-        if batch is None:
+        batches = IngestBatch.objects.filter(kind=kind, client_batch_id=client_batch_id)
+        surface = request.query_params.get("surface")
+        if surface:
+            batches = batches.filter(surface_key=surface)
+        found = list(batches[:2])
+        if not found:
             raise ApplicationError("no such batch", code="not_found", http_status=404)
-        return Response(ingestion.IngestResult(batch, True).to_dict())
+        if len(found) > 1:
+            raise ApplicationError(
+                f"batch id {client_batch_id!r} was used on several surfaces; pass ?surface=<key>",
+                field="surface",
+            )
+        return Response(ingestion.IngestResult(found[0], True).to_dict())

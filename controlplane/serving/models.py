@@ -173,6 +173,9 @@ class IngestBatch(models.Model):
 
     client_batch_id = models.CharField(max_length=128)
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    # The surface the batch was sent for (a key, like the metric rows: logs keep no foreign keys).
+    # Ids are unique per (kind, surface); batches from before the field have "".
+    surface_key = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(max_length=10, choices=Status.choices)
     received = models.PositiveIntegerField()
     accepted = models.PositiveIntegerField()
@@ -183,7 +186,11 @@ class IngestBatch(models.Model):
 
     class Meta:
         db_table = "experiments_ingestbatch"  # the table predates the layering; state-only move
-        constraints = [models.UniqueConstraint(fields=["kind", "client_batch_id"], name="ingest_batch_once")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "surface_key", "client_batch_id"], name="ingest_batch_once"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.client_batch_id}"

@@ -42,7 +42,23 @@ def _day(offset: int) -> str:
     return (TODAY + dt.timedelta(days=offset)).isoformat()
 
 
+def test_migrate_creates_the_standard_metric_definitions(db):
+    """Issue 17: a fresh ``migrate`` (the test database is one) accepts metric rows with no demo step."""
+    keys = {
+        "impressions",
+        "time_spent",
+        "likes",
+        "hides",
+        "engagement_rate",
+        "hide_report_rate",
+        "latency_p99",
+    }
+    assert set(MetricDefinition.objects.filter(key__in=keys).values_list("key", flat=True)) == keys
+    assert metric_definitions_ensure() == 0  # nothing left for the demo step to add
+
+
 def test_metric_definitions_are_seeded_idempotently(db):
+    MetricDefinition.objects.all().delete()  # as before the data migration
     created = metric_definitions_ensure()
     assert created >= 20 and metric_definitions_ensure() == 0
     ratio = MetricDefinition.objects.get(key="hide_report_rate")
@@ -283,6 +299,38 @@ def test_a_finished_ingestion_request_keeps_neither_its_body_nor_its_rows(
         assert held() == {"parsed rows": 0, "request bodies": 0}
     finally:
         gc.enable()
+
+
+@pytest.mark.sqlite_path
+def test_a_batch_id_is_unique_per_kind_and_surface(known_units, operator_client, seeded):
+    """Issue 17: the same id on another surface is another batch, not a replay."""
+    Exposure.objects.create(
+        surface=seeded["groups"], salt="s1", unit_id="g1", arm="control", population="content_first",
+        stack="content-first@1", allocation_version=1, first_exposed_at=NOW,
+    )  # fmt: skip
+    url = "/api/v1/ingest/metric-rows/"
+    pages = {
+        "client_batch_id": "day-1",
+        "surface": "pages",
+        "rows": [{"unit_id": "u1", "day": _day(-1), "metric": "likes", "value": 1}],
+    }
+    groups = {
+        "client_batch_id": "day-1",
+        "surface": "groups",
+        "rows": [{"unit_id": "g1", "day": _day(-1), "metric": "likes", "value": 2}],
+    }
+    first = operator_client.post(url, pages, format="json").json()
+    other = operator_client.post(url, groups, format="json").json()
+    again = operator_client.post(url, pages, format="json").json()
+    assert (first["replayed"], other["replayed"], again["replayed"]) == (False, False, True)
+    assert (first["surface"], other["surface"]) == ("pages", "groups") and other["accepted"] == 1
+    assert MetricObservation.objects.count() == 2
+    detail = operator_client.get("/api/v1/ingest/batches/metric_rows/day-1/")
+    assert detail.status_code == 400 and "surface" in detail.json()["errors"]
+    assert (
+        operator_client.get("/api/v1/ingest/batches/metric_rows/day-1/?surface=groups").json()["surface"]
+        == "groups"
+    )
 
 
 @pytest.mark.sqlite_path
