@@ -25,6 +25,7 @@ from controlplane.core.models import Surface
 from controlplane.core.permissions import IsApprover, IsOperator, IsViewer
 from experiments import aggregation, readout, selectors, services
 from experiments.models import AnalysisRun, Decision, Experiment, ExperimentMetric, MetricDefinition
+from experiments.outcome import analysis_outcome
 
 
 def _experiment(key: str) -> Experiment:
@@ -61,7 +62,7 @@ class ExperimentOutput(serializers.Serializer):
             "as_of": run.as_of,
             "verdict": run.verdict,
             "created_at": run.created_at,
-            "decision": run.result.get("decision"),
+            "decision": _result_json(run).get("decision"),
         }
 
     def get_links(self, obj: Experiment) -> dict[str, str]:
@@ -286,7 +287,18 @@ class ExperimentStopApi(APIView):
         return Response(ExperimentOutput(experiment).data)
 
 
+def _result_json(run: AnalysisRun) -> dict[str, Any]:
+    """The run's result as JSON, read through the outcome adapter (any stored schema → the current one)."""
+    outcome = analysis_outcome(run.result)
+    return outcome.to_dict() if outcome is not None else {}
+
+
 class AnalysisOutput(serializers.ModelSerializer):
+    result = serializers.SerializerMethodField()
+
+    def get_result(self, obj: AnalysisRun) -> dict[str, Any]:
+        return _result_json(obj)
+
     class Meta:
         model = AnalysisRun
         fields = [
@@ -373,7 +385,7 @@ class ResultsApi(APIView):
         run = selectors.experiment_latest_analysis(experiment=_experiment(key))
         if run is None:
             return Response({"detail": "not analysed yet", "code": "not_found", "errors": {}}, status=404)
-        return Response({"analysis_id": run.pk, **run.result})
+        return Response({"analysis_id": run.pk, **_result_json(run)})
 
 
 class DecisionOutput(serializers.ModelSerializer):

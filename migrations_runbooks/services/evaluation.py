@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.core.models import SurfacePopulation
 from controlplane.core.services import Actor
+from experiments.outcome import AnalysisOutcome, analysis_outcome
 from migrations_runbooks import capacity, gates
+from migrations_runbooks.gates import Gate
 from migrations_runbooks.models import GateResult, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.services._base import SYSTEM_BEAT, _label
 
@@ -83,9 +85,9 @@ def _steps(rb: Runbook) -> list[RampStep]:
 
 @dataclass
 class Evaluation:
-    gates: list[gates.Gate]
+    gates: list[Gate]
     outcome: str
-    analysis: dict[str, Any] | None = None
+    analysis: AnalysisOutcome | None = None
     reasons: list[str] = field(default_factory=list)
 
     def record(
@@ -115,9 +117,11 @@ class Evaluation:
 def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now: dt.datetime) -> Evaluation:
     """The current step's gates on fresh analysis/parity (no writes besides the analysis run)."""
     config = step.gates or {}
-    analysis, analysis_error = (None, "")
+    analysis: AnalysisOutcome | None = None
+    analysis_error = ""
     if gates.needs_analysis(config):
-        analysis, analysis_error = gates.fresh_analysis(runbook=rb, now=now)
+        fresh, analysis_error = gates.fresh_analysis(runbook=rb, now=now)
+        analysis = analysis_outcome(fresh)
     parity, parity_error = (None, "")
     if gates.needs_parity(config):
         parity, parity_error = gates.fresh_parity(runbook=rb, since=step.started_at)
@@ -159,7 +163,7 @@ def _record_evaluation(
     outcome: str,
     reason: str,
     now: dt.datetime,
-    analysis: Mapping[str, Any] | None = None,
+    analysis: AnalysisOutcome | None = None,
     actor: Actor = SYSTEM_BEAT,
 ) -> StepEvaluation | None:
     """Keep the latest look on the runbook row; add a history row when something changed.
@@ -173,6 +177,8 @@ def _record_evaluation(
         outcome,
         sorted([g.gate, g.subject, g.outcome] for g in result),
     ]
+    computed_at = analysis.computed_at if analysis is not None else ""
+    decision = str(analysis.recommendation.verdict or "") if analysis is not None else ""
     previous = rb.last_evaluation or {}
     repeat = outcome in (
         StepEvaluation.Outcome.WAIT,
@@ -185,8 +191,8 @@ def _record_evaluation(
         "outcome": outcome,
         "reason": reason[:4000],
         "actor": _label(actor),
-        "analysis_computed_at": str((analysis or {}).get("computed_at") or ""),
-        "decision": str(((analysis or {}).get("decision") or {}).get("verdict") or ""),
+        "analysis_computed_at": computed_at,
+        "decision": decision,
         "gates": [{**g.to_dict(), "passed": g.outcome == gates.PASS} for g in result],
         "signature": signature,
         "evaluation_id": previous.get("evaluation_id") if repeat else None,
@@ -200,8 +206,8 @@ def _record_evaluation(
         evaluated_at=now,
         outcome=outcome,
         reason=reason[:4000],
-        analysis_computed_at=str((analysis or {}).get("computed_at") or "")[:40],
-        decision=str(((analysis or {}).get("decision") or {}).get("verdict") or "")[:12],
+        analysis_computed_at=computed_at[:40],
+        decision=decision[:12],
         actor_label=_label(actor),
     )
     GateResult.objects.bulk_create(

@@ -7,6 +7,8 @@ experiments app from rows, exactly as in production.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from controlplane.core.models import AuditEvent, RankingStack
@@ -123,13 +125,14 @@ def test_fresh_analysis_is_reused_within_its_max_age(seeded, users, settings):
     rb.refresh_from_db()
     synthesize_day(surface=pages, day=(T0 + DAY).date(), units=600)
     first, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR)
-    again, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR + 4 * 60 * gates.dt.timedelta(seconds=1))
+    again, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR + dt.timedelta(minutes=4))
     later, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + 2 * HOUR)
-    assert again["analysis_run_id"] == first["analysis_run_id"] and again["reused_age_s"] == 240
-    assert later["analysis_run_id"] != first["analysis_run_id"] and "reused_age_s" not in later
+    assert first is not None and again is not None and later is not None
+    assert again.analysis_run_id == first.analysis_run_id and again.reused_age_s == 240
+    assert later.analysis_run_id != first.analysis_run_id and later.reused_age_s is None
     settings.RUNBOOKS_ANALYSIS_MAX_AGE_S = 0
     fresh, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + 2 * HOUR)
-    assert fresh["analysis_run_id"] != later["analysis_run_id"]
+    assert fresh is not None and fresh.analysis_run_id != later.analysis_run_id
 
 
 def test_sweep_budget_defers_but_never_skips(seeded, users, scripted_analysis, scripted_parity):
