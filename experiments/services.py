@@ -679,7 +679,7 @@ def _crossover(
     """Crossover among the analysed units, and how many crossed units the analysis left out.
 
     Units whose bucket moved arm during the ramp are excluded by the aggregate query
-    (analysis.py, "Crossover"); what remains must never have been served by both arms. That is
+    (experiments/analysis, "Crossover"); what remains must never have been served by both arms. That is
     measured from serving's request log where it has this salt, else estimated on a sample of
     analysed exposures re-assigned with the current allocation.
     """

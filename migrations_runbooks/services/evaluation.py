@@ -98,7 +98,7 @@ class Evaluation:
         *,
         reason: str,
         now: dt.datetime,
-        extra: Sequence[gates.Gate] = (),
+        extra: Sequence[Gate] = (),
         actor: Actor = SYSTEM_BEAT,
     ) -> StepEvaluation | None:
         """Record this look (its gates plus ``extra`` ones) as ``outcome``; see :func:`_record_evaluation`."""
@@ -158,7 +158,7 @@ def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now:
 def _record_evaluation(
     rb: Runbook,
     step: RampStep | None,
-    result: Sequence[gates.Gate],
+    result: Sequence[Gate],
     *,
     outcome: str,
     reason: str,
@@ -229,5 +229,5 @@ def _record_evaluation(
     return evaluation
 
 
-def _gate_details(result: Sequence[gates.Gate]) -> list[dict[str, Any]]:
+def _gate_details(result: Sequence[Gate]) -> list[dict[str, Any]]:
     return [g.to_dict() for g in gates.blocking(result)]
