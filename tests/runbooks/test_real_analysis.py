@@ -191,3 +191,42 @@ def test_pages_promotes_through_a_multi_step_ramp_on_real_analysis(seeded, users
     run = AnalysisRun.objects.get(pk=rb.ship_decision["analysis_run_id"])
     both = next(h for h in run.result["health"] if h["check"] == "both_arms")
     assert both["ok"] and "left out" in both["detail"], both
+
+
+def test_a_failed_evidence_read_holds_the_step_with_its_reason(seeded, users, monkeypatch, caplog):
+    """A parity or serving read that fails is logged and becomes the reason a mature step holds."""
+    from django.db import DatabaseError
+
+    from migrations_runbooks import gates
+    from migrations_runbooks.gates import sources
+
+    rb = services.runbook_create(
+        surface=seeded["pages"], target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=STEPS
+    )
+
+    def broken(**kwargs):
+        raise DatabaseError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(sources, "shadow_parity_daily", broken)
+    monkeypatch.setattr(sources, "serving_health", broken)
+    with caplog.at_level("ERROR", logger="migrations_runbooks.gates.sources"):
+        parity, parity_error = gates.fresh_parity(runbook=rb, since=T0)
+        serving, serving_error = gates.fresh_serving(runbook=rb, since=T0, until=T0 + DAY)
+    assert parity is None and parity_error == (
+        "shadow parity failed: DatabaseError: canceling statement due to statement timeout"
+    )
+    assert serving is None and serving_error.startswith("serving health failed: DatabaseError")
+    assert len([r for r in caplog.records if r.exc_info]) == 2
+    facts = gates.StepFacts(
+        name="shadow",
+        treatment_bp=0,
+        shadow_bp=1000,
+        min_duration_s=3600,
+        min_units=100,
+        gates=gates.DEFAULT_SHADOW_GATES,
+        elapsed_s=7200,
+        slo_ms=80.0,
+    )
+    held = gates.evaluate(facts, analysis=None, parity=parity, parity_error=parity_error)
+    assert gates.summarize(held) == gates.HOLD
+    assert any("statement timeout" in g.reason for g in gates.blocking(held))
