@@ -109,7 +109,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "controlplane.sqlite3",
+            "NAME": str(VAR_DIR / "controlplane.sqlite3"),
             # Web, worker and beat share the file: WAL lets readers run beside the writer, and
             # IMMEDIATE transactions take the write lock up front instead of failing mid-transaction.
             "OPTIONS": {

@@ -147,6 +147,7 @@ class _IngestApi(APIView):
 
     permission_classes = [IsOperator]
     kind: ClassVar[IngestKind]
+    post: ClassVar[Callable[[_IngestApi, Request], Response]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -156,7 +157,7 @@ class _IngestApi(APIView):
             return self.ingest(request)
 
         # A function of its own per endpoint: the schema annotation is stored on the function.
-        cls.post = _ingest_schema(kind.operation_id, kind.rows_help, kind.input_serializer)(post)  # type: ignore[method-assign]  # one schema per subclass
+        cls.post = _ingest_schema(kind.operation_id, kind.rows_help, kind.input_serializer)(post)
 
     def _input(self, request: Request) -> dict[str, Any]:
         data = self.kind.input_serializer(data=request.data)
@@ -167,7 +168,7 @@ class _IngestApi(APIView):
             # A bound serializer is a cycle too (its fields name it as their parent): it must not
             # keep the batch's rows after the view has taken them (the input is in initial_data,
             # validated_data and the constructor's kwargs, which DRF keeps for copies and repr).
-            data._kwargs.pop("data", None)
+            vars(data)["_kwargs"].pop("data", None)
             for name in ("initial_data", "_validated_data", "_data"):
                 data.__dict__.pop(name, None)
 

@@ -13,8 +13,8 @@ import datetime as dt
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from django.db import transaction
 from django.template.loader import render_to_string
@@ -119,9 +119,7 @@ def _daily_latency(experiment: Experiment, until: dt.date) -> tuple[list[dict[st
                 end=end,
                 fields=("arm", "ts", "ms"),
             )
-            # values_list("arm", "ts", "ms") rows (the selector's QuerySet type names the model).
-            samples = cast("Iterable[tuple[str, dt.datetime, float]]", rows.iterator(chunk_size=20000))
-            for arm, ts, ms in samples:
+            for arm, ts, ms in rows.iterator(chunk_size=20000):
                 grouped.setdefault((ts.date().isoformat(), arm), []).append(ms)
     except Exception as exc:  # any read failure: the section says why instead of vanishing
         return [], _unavailable("serving latency", experiment, exc)

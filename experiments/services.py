@@ -21,6 +21,7 @@ from django.utils import timezone
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import Allocation, RankingStack, Surface
 from controlplane.core.services import Actor, audit_record
+from controlplane.core.updates import model_update
 from controlplane.serving import selectors as serving_logs
 from experiments import aggregation, analysis, rollups, stats
 from experiments.metrics import (
@@ -382,10 +383,7 @@ def experiment_start(*, experiment: Experiment, actor: Actor, now: dt.datetime |
         return experiment
     if experiment.status != Experiment.Status.DRAFT:
         raise ConflictError(f"experiment {experiment.key} is {experiment.status}; only a draft can start")
-    experiment.status = Experiment.Status.RUNNING
-    experiment.locked_at = now
-    experiment.updated_at = now
-    experiment.save(update_fields=["status", "locked_at", "updated_at"])
+    model_update(instance=experiment, data={"status": Experiment.Status.RUNNING, "locked_at": now}, now=now)
     audit_record(
         actor=actor,
         verb="experiment.start",
@@ -490,10 +488,7 @@ def experiment_stop(
         "status": experiment.status,
         "window_end": experiment.window_end.isoformat() if experiment.window_end else None,
     }
-    experiment.status = Experiment.Status.STOPPED
-    experiment.window_end = end
-    experiment.updated_at = now
-    experiment.save(update_fields=["status", "window_end", "updated_at"])
+    model_update(instance=experiment, data={"status": Experiment.Status.STOPPED, "window_end": end}, now=now)
     audit_record(
         actor=actor,
         verb="experiment.stop",
@@ -968,11 +963,11 @@ def experiment_decide(
     )
     before = {"status": experiment.status}
     if verdict in (Decision.Verdict.SHIP, Decision.Verdict.ROLLBACK):
-        if experiment.window_end is None:
-            experiment.window_end = run.as_of
-        experiment.status = Experiment.Status.DECIDED
-        experiment.updated_at = now
-        experiment.save(update_fields=["status", "window_end", "updated_at"])
+        model_update(
+            instance=experiment,
+            data={"status": Experiment.Status.DECIDED, "window_end": experiment.window_end or run.as_of},
+            now=now,
+        )
     audit_record(
         actor=actor,
         verb=f"experiment.decide.{verdict}",

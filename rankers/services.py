@@ -20,6 +20,7 @@ from django.utils import timezone
 from controlplane.core.errors import ApplicationError
 from controlplane.core.models import RankingStack
 from controlplane.core.services import Actor, audit_record, stack_register
+from controlplane.core.updates import model_update
 from rankers.engine.manifest import ArtifactError, verify
 from rankers.models import TrainedArtifact
 
@@ -167,8 +168,7 @@ def artifact_register(
         )
     elif facts and facts != artifact.bench:
         before = {"bench": artifact.bench}
-        artifact.bench = dict(facts)
-        artifact.save(update_fields=["bench", "updated_at"])
+        model_update(instance=artifact, data={"bench": dict(facts)})
         audit_record(
             actor=actor,
             verb="artifact.bench",

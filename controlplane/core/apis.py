@@ -18,8 +18,7 @@ from controlplane.core.permissions import IsOperator, IsViewer
 
 
 class StackOutput(serializers.ModelSerializer):
-    label = serializers.CharField(read_only=True)
-
+    # ``label`` (key@version) is a typed model property: ModelSerializer serves it read-only.
     class Meta:
         model = RankingStack
         fields = [

@@ -52,7 +52,7 @@ def latency_rows(
     end: dt.datetime,
     fields: tuple[str, ...] = ("arm", "population", "ms"),
     arms: tuple[str, ...] = ("control", "treatment"),
-) -> QuerySet[LatencySample]:
+) -> QuerySet[LatencySample, tuple[Any, ...]]:
     """Latency samples served under a salt in ``[start, end)``, as ``values_list(*fields)``."""
     return LatencySample.objects.filter(
         surface_id=surface_id, salt=salt, arm__in=arms, ts__gte=start, ts__lt=end

@@ -9,6 +9,7 @@ from controlplane.core import services as core
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import RankingStack, Surface, SurfacePopulation
 from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from experiments.outcome import AnalysisOutcome
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
@@ -86,8 +87,7 @@ def _promote(
             )
             retired.append(stack.label)
     if approval is not None:
-        approval.status = Approval.Status.CONSUMED
-        approval.save(update_fields=["status"])
+        model_update(instance=approval, data={"status": Approval.Status.CONSUMED})
     RampStep.objects.filter(runbook=rb, index=rb.current_step).update(completed_at=now)
     save_finished(
         rb,
