@@ -118,6 +118,12 @@ class ExperimentListApi(APIView):
         start = serializers.BooleanField(required=False, default=False)
         metrics = MetricInput(many=True)
 
+    class FilterSerializer(serializers.Serializer):
+        # CharField refuses NUL bytes with a 400 naming the parameter (PostgreSQL text cannot hold them).
+        surface = serializers.CharField(required=False, allow_blank=True)
+        status = serializers.CharField(required=False, allow_blank=True)
+        stack = serializers.CharField(required=False, allow_blank=True)
+
     @extend_schema(
         operation_id="experiments_list",
         parameters=[
@@ -128,10 +134,12 @@ class ExperimentListApi(APIView):
         responses=ExperimentOutput(many=True),
     )
     def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
         qs = selectors.experiment_list(
-            surface=request.query_params.get("surface"),
-            status=request.query_params.get("status"),
-            stack=request.query_params.get("stack"),
+            surface=filters.validated_data.get("surface"),
+            status=filters.validated_data.get("status"),
+            stack=filters.validated_data.get("stack"),
         )
         return Response(ExperimentOutput(qs, many=True).data)
 
