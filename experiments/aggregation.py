@@ -11,6 +11,19 @@ needs (DESIGN.md, "Analysis pushes work to the data")::
 Column names are ``"<metric>__<field>"`` with the field names of the statistics engine's
 dataclasses (``sum``, ``sum_squares``, ``x_sum`` …), so a row feeds ``from_row`` directly.
 
+Numerical stability (DESIGN.md; experiments/stats/statistics.py explains the choice). Every sum
+is of SHIFTED per-unit values: Σ(y − K), Σ(y − K)², Σ(y − K)³, Σ(x − Kx)(y − K), … where K is,
+per per-unit variable, the value of ONE unit of the query: a one-row CTE ``k`` (the unit with the
+smallest id, so the text is deterministic) read by the final aggregate through a cross join. The
+shift is returned in a ``"<metric>__shift"`` column (``x_shift``, ``num_shift``, ``den_shift``,
+``pre_num_shift``, ``pre_den_shift``) of every row, so a row stays a self-contained sufficient
+statistic. Any K inside the data's range keeps full precision (the rounding error of s² grows
+with ((ȳ − K)/s)²); one unit's value is inside it by construction, costs no second aggregate,
+and runs in every dialect (``ORDER BY … LIMIT 1`` in a CTE). All rows of one query share K;
+rows with different shifts (other queries, warehouse batches) are moved to a common K before
+they are added (:func:`add_row`, exact algebra). Mean and proportion metrics also get
+``sum_cubes`` = Σ(y − K)³, from which the engine reports each arm's skewness.
+
 Rows are grouped by first-exposure day as well because units are disjoint across days, so the
 per-day rows ADD: the warehouse path uploads exactly these rows and the analysis sums them the
 same way (sufficient statistics of disjoint unit sets add; sums over days of one unit would not).
@@ -47,15 +60,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experiments.metrics import metric_components
+from experiments.stats.statistics import MOMENT_VARS, SHIFT_FIELDS, reshift
 
 EXPOSURE_TABLE = "experiments_exposure"
 WORK_MEM = os.environ.get("EXPERIMENTS_ANALYSIS_WORK_MEM", "1GB")
 METRIC_TABLE = "experiments_metricobservation"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 
-MEAN_FIELDS = ("sum", "sum_squares")
-COVARIATE_FIELDS = ("x_sum", "x_sum_squares", "xy_sum")
-RATIO_FIELDS = ("num_sum", "num_sum_squares", "den_sum", "den_sum_squares", "num_den_sum")
+MEAN_FIELDS = ("sum", "sum_squares", "sum_cubes", "shift")
+COVARIATE_FIELDS = ("x_sum", "x_sum_squares", "xy_sum", "x_shift")
+RATIO_FIELDS = (
+    "num_sum",
+    "num_sum_squares",
+    "den_sum",
+    "den_sum_squares",
+    "num_den_sum",
+    "num_shift",
+    "den_shift",
+)
 RATIO_COVARIATE_FIELDS = (
     "pre_num_sum",
     "pre_num_sum_squares",
@@ -66,7 +88,11 @@ RATIO_COVARIATE_FIELDS = (
     "num_pre_den_sum",
     "den_pre_num_sum",
     "den_pre_den_sum",
+    "pre_num_shift",
+    "pre_den_shift",
 )
+# Columns an upload may leave out (SQL exported before the shifted sums): K = 0, no Σ(y − K)³.
+OPTIONAL_FIELDS = frozenset(SHIFT_FIELDS.values()) | {"sum_cubes"}
 GROUP_FIELDS = ("arm", "population", "day", "allocation_version", "n")
 BUCKETS = 10_000
 
@@ -255,6 +281,10 @@ def pivot_columns(
         joined_exprs.setdefault(name, expression)
         return name
 
+    def shifted(name: str) -> str:
+        col = _alias_col(name)
+        return f"(j.{col} - k.{col})"
+
     for m in spec.metrics:
         cuped = m.cuped and has_pre
         pairs: list[tuple[str, str | None, str | None]]
@@ -267,6 +297,7 @@ def pivot_columns(
                 ("den_sum", den, None),
             ]
             pairs += [("den_sum_squares", den, den), ("num_den_sum", num, den)]
+            pairs += [("num_shift", num, "shift"), ("den_shift", den, "shift")]
             if cuped:
                 pn = per_unit(f"{m.key}:pre_num", unit_value(m.numerator, "p", "sum"))
                 pd = per_unit(f"{m.key}:pre_den", unit_value(m.denominator, "p", "sum"))
@@ -280,6 +311,8 @@ def pivot_columns(
                     ("num_pre_den_sum", num, pd),
                     ("den_pre_num_sum", den, pn),
                     ("den_pre_den_sum", den, pd),
+                    ("pre_num_shift", pn, "shift"),
+                    ("pre_den_shift", pd, "shift"),
                 ]
             elif m.cuped:
                 pairs += [(f, None, None) for f in RATIO_COVARIATE_FIELDS]
@@ -288,10 +321,15 @@ def pivot_columns(
             if m.kind == "proportion" and len(metric_components(m.key)) != 1:
                 raise ValueError(f"proportion metric {m.key} must be one ingested key")
             y = per_unit(f"{m.key}:y", unit_value(m.key, "w", agg))
-            pairs = [("sum", y, None), ("sum_squares", y, y)]
+            pairs = [("sum", y, None), ("sum_squares", y, y), ("sum_cubes", y, "cube"), ("shift", y, "shift")]
             if cuped:
                 x = per_unit(f"{m.key}:x", unit_value(m.key, "p", agg))
-                pairs += [("x_sum", x, None), ("x_sum_squares", x, x), ("xy_sum", x, y)]
+                pairs += [
+                    ("x_sum", x, None),
+                    ("x_sum_squares", x, x),
+                    ("xy_sum", x, y),
+                    ("x_shift", x, "shift"),
+                ]
             elif m.cuped:
                 pairs += [(f, None, None) for f in COVARIATE_FIELDS]
         for fname, a, b in pairs:
@@ -300,9 +338,14 @@ def pivot_columns(
                 # CUPED asked for but no pre-period: the covariate is identically 0 (θ = 0).
                 outputs.append((alias, "0.0"))
             elif b is None:
-                outputs.append((alias, f"SUM(j.{_alias_col(a)})"))
+                outputs.append((alias, f"SUM{shifted(a)}"))
+            elif b == "shift":
+                # K, the same in every row of the query (MIN: any aggregate of a constant).
+                outputs.append((alias, f"MIN(k.{_alias_col(a)})"))
+            elif b == "cube":
+                outputs.append((alias, f"SUM({shifted(a)} * {shifted(a)} * {shifted(a)})"))
             else:
-                outputs.append((alias, f"SUM(j.{_alias_col(a)} * j.{_alias_col(b)})"))
+                outputs.append((alias, f"SUM({shifted(a)} * {shifted(b)})"))
     return dict(columns.names), joined_exprs, outputs
 
 
@@ -437,16 +480,21 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
             sql += "p AS (\n  " + pivot + "\n),\n"
             params += pivot_params
             source += " LEFT JOIN p ON p.unit_id = u.unit_id"
+    per_unit_cols = [_alias_col(name) for name in joined]
     sql += (
         "j AS (\n"
-        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
+        "  SELECT u.unit_id, u.arm, u.population, u.day, u.allocation_version,\n    "
         + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined.items())
         + "\n"
         f"  {source}\n"
-        ")\n"
+        "),\n"
+        # The shifts K: every per-unit value of one unit (the smallest id), see the docstring.
+        "k AS (\n  SELECT "
+        + ", ".join(f"j.{c}" for c in per_unit_cols)
+        + "\n  FROM j ORDER BY j.unit_id LIMIT 1\n)\n"
         "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
-        + "\nFROM j\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
+        + "\nFROM j CROSS JOIN k\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
     )
     return sql, params
@@ -560,7 +608,8 @@ def validate_rows(
     """
     errors: dict[str, list[str]] = {}
     clean: list[dict[str, Any]] = []
-    needed = [f"{m.key}__{f}" for m in metrics for f in m.fields()]
+    needed = [f"{m.key}__{f}" for m in metrics for f in m.fields() if f not in OPTIONAL_FIELDS]
+    optional = [f"{m.key}__{f}" for m in metrics for f in m.fields() if f in OPTIONAL_FIELDS]
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             errors.setdefault(f"rows[{i}]", []).append("must be an object")
@@ -578,35 +627,77 @@ def validate_rows(
             value = row.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 errors.setdefault(f"rows[{i}].{name}", []).append("must be a non-negative integer")
-        for col in needed:
+        present = [c for c in optional if c in row]
+        for col in (*needed, *present):
             value = row.get(col)
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
                 errors.setdefault(f"rows[{i}].{col}", []).append("must be a finite number")
         if not any(k.startswith(f"rows[{i}]") for k in errors):
-            clean.append(normalise_row({k: row[k] for k in (*GROUP_FIELDS, *needed)}))
+            clean.append(normalise_row({k: row[k] for k in (*GROUP_FIELDS, *needed, *present)}))
     return clean, errors
+
+
+_GROUP_KEYS = frozenset(("arm", "population", "day", "allocation_version"))
+_SHIFT_NAMES = frozenset(SHIFT_FIELDS.values())
+
+
+def add_row(bucket: dict[str, Any], row: Mapping[str, Any]) -> None:
+    """Add one row of sufficient statistics into ``bucket`` (disjoint units: sums add).
+
+    ``n`` and every ``<metric>__<sum>`` column add; ``<metric>__<shift>`` columns are not sums:
+    the bucket keeps its first row's K, and a row with another K has its sums moved to the
+    bucket's K first (``experiments.stats.reshift``). A ``sum_cubes`` missing from either side
+    makes the total unknown (``None``).
+    """
+    if not bucket:
+        bucket.update({k: v for k, v in row.items() if k not in _GROUP_KEYS})
+        return
+    n_row = row.get("n", 0)
+    by_metric: dict[str, dict[str, Any]] = {}
+    for key, value in row.items():
+        if key in _GROUP_KEYS or key == "n":
+            continue
+        prefix, _, name = key.rpartition("__")
+        by_metric.setdefault(prefix, {})[name] = value
+    for prefix, cols in by_metric.items():
+        shifts_row = {v: float(cols.get(f, 0.0)) for v, f in SHIFT_FIELDS.items() if f in cols}
+        shifts_bucket = {v: float(bucket.get(f"{prefix}__{SHIFT_FIELDS[v]}", 0.0)) for v in shifts_row}
+        sums = {name: value for name, value in cols.items() if name not in _SHIFT_NAMES}
+        if shifts_row != shifts_bucket and all(name in MOMENT_VARS for name in sums):
+            sums = reshift(n_row, sums, shifts_row, shifts_bucket)
+        for name, value in sums.items():
+            key = f"{prefix}__{name}"
+            old = bucket.get(key, 0.0) if key in bucket or name != "sum_cubes" else None
+            bucket[key] = None if old is None or value is None else old + value
+        for name in cols:
+            if name in _SHIFT_NAMES:
+                bucket.setdefault(f"{prefix}__{name}", cols[name])
+    bucket["n"] = bucket.get("n", 0) + n_row
 
 
 def sum_rows(
     rows: Iterable[Mapping[str, Any]], *, until: str | None = None
 ) -> dict[tuple[str, str], dict[str, float]]:
-    """Add per-day rows into per (arm, population) totals (disjoint units: sums add)."""
+    """Add per-day rows into per (arm, population) totals (disjoint units: sums add, see add_row)."""
     totals: dict[tuple[str, str], dict[str, float]] = {}
     for row in rows:
         if until is not None and str(row["day"]) > until:
             continue
-        bucket = totals.setdefault((str(row["arm"]), str(row["population"])), {})
-        for key, value in row.items():
-            if key in ("arm", "population", "day", "allocation_version"):
-                continue
-            bucket[key] = bucket.get(key, 0) + value
+        add_row(totals.setdefault((str(row["arm"]), str(row["population"])), {}), row)
     return totals
 
 
-def metric_row(totals: Mapping[str, float], metric: AggregateMetric) -> dict[str, float]:
-    """The ``from_row`` mapping of one metric: shared n + its prefixed columns."""
+def metric_row(totals: Mapping[str, Any], metric: AggregateMetric) -> dict[str, Any]:
+    """The ``from_row`` mapping of one metric: shared n + its prefixed columns.
+
+    A missing shift is 0 (raw sums); a missing ``sum_cubes`` is ``None`` (skewness unknown).
+    """
     prefix = f"{metric.key}__"
-    out: dict[str, float] = {"n": int(totals.get("n", 0))}
+    out: dict[str, Any] = {"n": int(totals.get("n", 0))}
     for name in metric.fields():
-        out[name] = float(totals.get(prefix + name, 0.0))
+        value = totals.get(prefix + name)
+        if name == "sum_cubes":
+            out[name] = None if value is None else float(value)
+        else:
+            out[name] = float(value) if value is not None else 0.0
     return out

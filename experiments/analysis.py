@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from experiments import stats
-from experiments.aggregation import AggregateMetric, StableRange, metric_row, stable_ranges
+from experiments.aggregation import AggregateMetric, StableRange, add_row, metric_row, stable_ranges
 from experiments.stats.sequential import DEFAULT_MIXTURE_SD_UNITS
 
 POOLED = "pooled"
@@ -162,13 +162,9 @@ def _group(
     for row in rows:
         arm, pop = str(row["arm"]), str(row["population"])
         version = int(row.get("allocation_version", 0))
-        bucket = totals.setdefault((arm, pop), {})
-        stratum = strata.setdefault(version, {}).setdefault((arm, pop), {})
-        for key, value in row.items():
-            if key in ("arm", "population", "day", "allocation_version"):
-                continue
-            bucket[key] = bucket.get(key, 0.0) + float(value)
-            stratum[key] = stratum.get(key, 0.0) + float(value)
+        # Sums add; shift columns do not (aggregation.add_row moves a row to the bucket's K).
+        add_row(totals.setdefault((arm, pop), {}), row)
+        add_row(strata.setdefault(version, {}).setdefault((arm, pop), {}), row)
         versions = by_version.setdefault(pop, {}).setdefault(arm, {})
         versions[version] = versions.get(version, 0) + int(row["n"])
         daily[str(row["day"])] = daily.get(str(row["day"]), 0) + int(row["n"])
@@ -711,15 +707,20 @@ def _health(
     for key, agg in aggregates.items():
         if not agg.cuped:
             continue
-        fields = ("pre_num_sum", "pre_num_sum_squares") if agg.kind == "ratio" else ("x_sum", "x_sum_squares")
+        fields = (
+            ("pre_num_sum", "pre_num_sum_squares", "pre_num_shift")
+            if agg.kind == "ratio"
+            else ("x_sum", "x_sum_squares", "x_shift")
+        )
 
         def covariate(
-            arm_totals: Mapping[str, float], key: str = key, fields: tuple[str, str] = fields
+            arm_totals: Mapping[str, float], key: str = key, fields: tuple[str, str, str] = fields
         ) -> Any:
             return stats.MeanStatistic(
                 int(arm_totals.get("n", 0)),
                 arm_totals.get(f"{key}__{fields[0]}", 0.0),
                 arm_totals.get(f"{key}__{fields[1]}", 0.0),
+                arm_totals.get(f"{key}__{fields[2]}", 0.0),
             )
 
         for pop in populations:
