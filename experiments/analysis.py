@@ -406,7 +406,9 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
             found = results.get((metric.key, pop))
             if found is None:
                 continue
-            entries.append(_entry(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs))
+            entry = _entry(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs)
+            entry.update(_skew_fields(aggregates.get(metric.key), totals, pop, populations))
+            entries.append(entry)
 
     health = _health(design, stable, inputs, units, srm, entries, totals, strata, aggregates, populations)
     decision = _decide(design, entries, health, srm, units, daily, inputs.as_of)
@@ -422,6 +424,38 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
         "population_weights": {p: weights[p] / sum(weights.values()) for p in populations}
         if populations
         else {},
+    }
+
+
+def _skew_fields(
+    agg: AggregateMetric | None, totals: Totals, pop: str, populations: Sequence[str]
+) -> dict[str, Any]:
+    """Each arm's skewness and the Kohavi et al. (2014) rule n > 355·s² per arm (issue #16).
+
+    Extra keys of a metric entry: ``skewness`` {control, treatment} (g₁; None where unknown:
+    ratio and quantile metrics, fewer than 3 units, no variance) and ``skew_rule`` (need, have,
+    holds, skewness, arm: the binding arm, message: "too few units for a skewed metric: need N,
+    have M" or ""). Pooled: the arms' statistics summed over populations.
+    """
+    arms: dict[str, tuple[float | None, int]] = {}
+    for arm in ("control", "treatment"):
+        pops = populations if pop == POOLED else [pop]
+        bucket: dict[str, Any] = {}
+        for p in pops:
+            if (arm, p) in totals:
+                add_row(bucket, totals[(arm, p)])
+        n = int(bucket.get("n", 0))
+        skew = None
+        if agg is not None and agg.kind != "ratio" and n > 0:
+            try:
+                skew = _statistic(agg, bucket).skewness
+            except (ValueError, ZeroDivisionError):
+                skew = None
+        arms[arm] = (_f(skew), n)
+    rule = stats.skew_rule_arms(arms["control"], arms["treatment"])
+    return {
+        "skewness": {arm: s for arm, (s, _n) in arms.items()},
+        "skew_rule": rule.to_dict(),
     }
 
 
