@@ -111,16 +111,19 @@ def test_sufficient_statistics_match_per_unit_sums(populated: dict[str, Any]) ->
     assert set(totals) == set(reference)
     for group, ref in reference.items():
         got = totals[group]
-        y, x = ref["time_spent"], ref["pre_time_spent"]
+        # Sums about the query's shifts K (one unit's values): Σ(y − K), Σ(y − K)², …
+        y = ref["time_spent"] - got["time_spent__shift"]
+        x = ref["pre_time_spent"] - got["time_spent__x_shift"]
         assert got["n"] == len(y)
-        assert got["time_spent__sum"] == pytest.approx(y.sum(), rel=1e-9)
+        assert got["time_spent__sum"] == pytest.approx(y.sum(), rel=1e-9, abs=1e-9)
         assert got["time_spent__sum_squares"] == pytest.approx((y * y).sum(), rel=1e-9)
-        assert got["time_spent__x_sum"] == pytest.approx(x.sum(), rel=1e-9)
+        assert got["time_spent__sum_cubes"] == pytest.approx((y * y * y).sum(), rel=1e-9, abs=1e-9)
+        assert got["time_spent__x_sum"] == pytest.approx(x.sum(), rel=1e-9, abs=1e-9)
         assert got["time_spent__x_sum_squares"] == pytest.approx((x * x).sum(), rel=1e-9)
-        assert got["time_spent__xy_sum"] == pytest.approx((x * y).sum(), rel=1e-9)
-        num = ref["hides"] + ref["reports"]
-        den = ref["impressions"]
-        assert got["hide_report_rate__num_sum"] == pytest.approx(num.sum(), rel=1e-9)
+        assert got["time_spent__xy_sum"] == pytest.approx((x * y).sum(), rel=1e-9, abs=1e-9)
+        num = ref["hides"] + ref["reports"] - got["hide_report_rate__num_shift"]
+        den = ref["impressions"] - got["hide_report_rate__den_shift"]
+        assert got["hide_report_rate__num_sum"] == pytest.approx(num.sum(), rel=1e-9, abs=1e-9)
         assert got["hide_report_rate__num_sum_squares"] == pytest.approx((num * num).sum(), rel=1e-9)
         assert got["hide_report_rate__den_sum_squares"] == pytest.approx((den * den).sum(), rel=1e-9)
         assert got["hide_report_rate__num_den_sum"] == pytest.approx((num * den).sum(), rel=1e-9)
