@@ -92,7 +92,10 @@ RATIO_COVARIATE_FIELDS = (
     "pre_den_shift",
 )
 # Columns an upload may leave out (SQL exported before the shifted sums): K = 0, no Σ(y − K)³.
-OPTIONAL_FIELDS = frozenset(SHIFT_FIELDS.values()) | {"sum_cubes"}
+OPTIONAL_FIELDS = frozenset(SHIFT_FIELDS.values()) | {"sum_cubes", "cap"}
+# Columns that are the same in every row of one query (not sums): they do not add.
+CONSTANT_FIELDS = frozenset(SHIFT_FIELDS.values()) | {"cap"}
+CAP_SOURCES = ("control", "pre")
 GROUP_FIELDS = ("arm", "population", "day", "allocation_version", "n")
 BUCKETS = 10_000
 
@@ -159,12 +162,20 @@ class AggregateMetric:
     numerator: str = ""
     denominator: str = ""
     cuped: bool = False
+    # Pre-registered capping (mean metrics): winsorise every unit's value (and its covariate) at
+    # this quantile of the control arm's values, or of all units' pre-period values ("pre").
+    cap_quantile: float | None = None
+    cap_source: str = "control"  # control | pre
+
+    @property
+    def capped(self) -> bool:
+        return self.cap_quantile is not None and self.kind == "mean"
 
     def fields(self) -> tuple[str, ...]:
         """The sufficient-statistic columns this metric gets (besides the shared ``n``)."""
         if self.kind == "ratio":
             return RATIO_FIELDS + (RATIO_COVARIATE_FIELDS if self.cuped else ())
-        return MEAN_FIELDS + (COVARIATE_FIELDS if self.cuped else ())
+        return MEAN_FIELDS + (COVARIATE_FIELDS if self.cuped else ()) + (("cap",) if self.capped else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +196,11 @@ class AggregateSpec:
 
     @property
     def has_pre(self) -> bool:
-        return self.pre_start is not None and self.pre_end is not None and any(m.cuped for m in self.metrics)
+        return (
+            self.pre_start is not None
+            and self.pre_end is not None
+            and any(m.cuped or (m.capped and m.cap_source == "pre") for m in self.metrics)
+        )
 
 
 COUNTER_TABLE = "experiments_metricdaywrite"
@@ -281,11 +296,22 @@ def pivot_columns(
         joined_exprs.setdefault(name, expression)
         return name
 
-    def shifted(name: str) -> str:
-        col = _alias_col(name)
-        return f"(j.{col} - k.{col})"
+    cap_alias = ""  # the capped metric's one-row CTE (see cap_ctes), "" when not capped
 
-    for m in spec.metrics:
+    def value(alias: str, name: str) -> str:
+        col = f"{alias}.{_alias_col(name)}"
+        if not cap_alias:
+            return col
+        # Winsorised at the pre-registered cap (portable CASE, not LEAST: SQLite lacks it).
+        return f"CASE WHEN {col} > {cap_alias}.cap THEN {cap_alias}.cap ELSE {col} END"
+
+    def shifted(name: str) -> str:
+        return f"({value('j', name)} - {value('k', name)})"
+
+    for index, m in enumerate(spec.metrics):
+        cap_alias = _cap_alias(index) if m.capped else ""
+        if m.capped and m.cap_source == "pre" and has_pre:
+            per_unit(f"{m.key}:x", unit_value(m.key, "p", "sum"))
         cuped = m.cuped and has_pre
         pairs: list[tuple[str, str | None, str | None]]
         if m.kind == "ratio":
@@ -332,6 +358,8 @@ def pivot_columns(
                 ]
             elif m.cuped:
                 pairs += [(f, None, None) for f in COVARIATE_FIELDS]
+        if cap_alias:
+            outputs.append((_quote_alias(f"{m.key}__cap"), f"MIN({cap_alias}.cap)"))
         for fname, a, b in pairs:
             alias = _quote_alias(f"{m.key}__{fname}")
             if a is None:
@@ -341,12 +369,48 @@ def pivot_columns(
                 outputs.append((alias, f"SUM{shifted(a)}"))
             elif b == "shift":
                 # K, the same in every row of the query (MIN: any aggregate of a constant).
-                outputs.append((alias, f"MIN(k.{_alias_col(a)})"))
+                outputs.append((alias, f"MIN({value('k', a)})"))
             elif b == "cube":
                 outputs.append((alias, f"SUM({shifted(a)} * {shifted(a)} * {shifted(a)})"))
             else:
                 outputs.append((alias, f"SUM({shifted(a)} * {shifted(b)})"))
     return dict(columns.names), joined_exprs, outputs
+
+
+def _cap_alias(index: int) -> str:
+    return f"cap{index}"
+
+
+def cap_ctes(spec: AggregateSpec) -> list[tuple[str, str]]:
+    """One-row CTEs ``capN(cap)``: each capped metric's pre-registered cap, computed in SQL.
+
+    The cap is the ``cap_quantile`` of the per-unit values in ``j`` — the control arm's window
+    values (``control``), or every unit's pre-period values (``pre``; the control arm when the
+    design has no pre-period) — as ``percentile_disc``: the smallest value whose rank reaches
+    q·count. Window functions, so it runs on PostgreSQL, SQLite ≥ 3.25 and the warehouses; no
+    units: the cap is NULL and nothing is capped.
+    """
+    out = []
+    for index, m in enumerate(spec.metrics):
+        if not m.capped:
+            continue
+        q = float(m.cap_quantile)  # type: ignore[arg-type]
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"cap_quantile of {m.key} must be in (0, 1), got {q}")
+        if m.cap_source == "pre" and spec.has_pre:
+            col, where = _alias_col(f"{m.key}:x"), ""
+        else:
+            col, where = _alias_col(f"{m.key}:y"), " WHERE j.arm = 'control'"
+        out.append(
+            (
+                _cap_alias(index),
+                "SELECT MIN(s.v) AS cap FROM (\n"
+                f"    SELECT j.{col} AS v, ROW_NUMBER() OVER (ORDER BY j.{col}) AS rn, COUNT(*) OVER () AS cnt\n"
+                f"    FROM j{where}\n"
+                f"  ) s WHERE s.rn >= {q!r} * s.cnt",
+            )
+        )
+    return out
 
 
 def _periods(spec: AggregateSpec) -> tuple[tuple[str, str], tuple[str, str] | None]:
@@ -481,6 +545,7 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
             params += pivot_params
             source += " LEFT JOIN p ON p.unit_id = u.unit_id"
     per_unit_cols = [_alias_col(name) for name in joined]
+    caps = cap_ctes(spec)
     sql += (
         "j AS (\n"
         "  SELECT u.unit_id, u.arm, u.population, u.day, u.allocation_version,\n    "
@@ -491,10 +556,13 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
         # The shifts K: every per-unit value of one unit (the smallest id), see the docstring.
         "k AS (\n  SELECT "
         + ", ".join(f"j.{c}" for c in per_unit_cols)
-        + "\n  FROM j ORDER BY j.unit_id LIMIT 1\n)\n"
-        "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
+        + "\n  FROM j ORDER BY j.unit_id LIMIT 1\n)"
+        + "".join(f",\n{alias} AS (\n  {body}\n)" for alias, body in caps)
+        + "\nSELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
-        + "\nFROM j CROSS JOIN k\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
+        + "\nFROM j CROSS JOIN k"
+        + "".join(f" CROSS JOIN {alias}" for alias, _ in caps)
+        + "\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
     )
     return sql, params
@@ -638,7 +706,6 @@ def validate_rows(
 
 
 _GROUP_KEYS = frozenset(("arm", "population", "day", "allocation_version"))
-_SHIFT_NAMES = frozenset(SHIFT_FIELDS.values())
 
 
 def add_row(bucket: dict[str, Any], row: Mapping[str, Any]) -> None:
@@ -662,7 +729,7 @@ def add_row(bucket: dict[str, Any], row: Mapping[str, Any]) -> None:
     for prefix, cols in by_metric.items():
         shifts_row = {v: float(cols.get(f, 0.0)) for v, f in SHIFT_FIELDS.items() if f in cols}
         shifts_bucket = {v: float(bucket.get(f"{prefix}__{SHIFT_FIELDS[v]}", 0.0)) for v in shifts_row}
-        sums = {name: value for name, value in cols.items() if name not in _SHIFT_NAMES}
+        sums = {name: value for name, value in cols.items() if name not in CONSTANT_FIELDS}
         if shifts_row != shifts_bucket and all(name in MOMENT_VARS for name in sums):
             sums = reshift(n_row, sums, shifts_row, shifts_bucket)
         for name, value in sums.items():
@@ -670,7 +737,7 @@ def add_row(bucket: dict[str, Any], row: Mapping[str, Any]) -> None:
             old = bucket.get(key, 0.0) if key in bucket or name != "sum_cubes" else None
             bucket[key] = None if old is None or value is None else old + value
         for name in cols:
-            if name in _SHIFT_NAMES:
+            if name in CONSTANT_FIELDS:
                 bucket.setdefault(f"{prefix}__{name}", cols[name])
     bucket["n"] = bucket.get("n", 0) + n_row
 
@@ -690,13 +757,13 @@ def sum_rows(
 def metric_row(totals: Mapping[str, Any], metric: AggregateMetric) -> dict[str, Any]:
     """The ``from_row`` mapping of one metric: shared n + its prefixed columns.
 
-    A missing shift is 0 (raw sums); a missing ``sum_cubes`` is ``None`` (skewness unknown).
+    A missing shift is 0 (raw sums); a missing ``sum_cubes`` or ``cap`` is ``None``.
     """
     prefix = f"{metric.key}__"
     out: dict[str, Any] = {"n": int(totals.get("n", 0))}
     for name in metric.fields():
         value = totals.get(prefix + name)
-        if name == "sum_cubes":
+        if name in ("sum_cubes", "cap"):
             out[name] = None if value is None else float(value)
         else:
             out[name] = float(value) if value is not None else 0.0

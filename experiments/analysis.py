@@ -76,6 +76,10 @@ class MetricDesign:
     numerator: str = ""
     denominator: str = ""
     quantile: float | None = None
+    # Pre-registered capping (mean metrics): winsorise at this quantile of the control arm
+    # ("control") or of the pre-period ("pre"), computed in SQL (aggregation.cap_ctes).
+    cap_quantile: float | None = None
+    cap_source: str = "control"
 
     @property
     def relative(self) -> bool:
@@ -84,7 +88,15 @@ class MetricDesign:
     def aggregate(self) -> AggregateMetric | None:
         if self.kind == "quantile":
             return None
-        return AggregateMetric(self.key, self.kind, self.numerator, self.denominator, self.cuped)
+        return AggregateMetric(
+            self.key,
+            self.kind,
+            self.numerator,
+            self.denominator,
+            self.cuped,
+            self.cap_quantile,
+            self.cap_source,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +134,13 @@ class Design:
             if agg is not None:
                 out.append(
                     AggregateMetric(
-                        agg.key, agg.kind, agg.numerator, agg.denominator, agg.cuped and self.has_pre_period
+                        agg.key,
+                        agg.kind,
+                        agg.numerator,
+                        agg.denominator,
+                        agg.cuped and self.has_pre_period,
+                        agg.cap_quantile,
+                        agg.cap_source if self.has_pre_period else "control",
                     )
                 )
         return tuple(out)
@@ -408,6 +426,7 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> dict[str, An
                 continue
             entry = _entry(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs)
             entry.update(_skew_fields(aggregates.get(metric.key), totals, pop, populations))
+            entry["capping"] = _capping(aggregates.get(metric.key), totals)
             entries.append(entry)
 
     health = _health(design, stable, inputs, units, srm, entries, totals, strata, aggregates, populations)
@@ -457,6 +476,15 @@ def _skew_fields(
         "skewness": {arm: s for arm, (s, _n) in arms.items()},
         "skew_rule": rule.to_dict(),
     }
+
+
+def _capping(agg: AggregateMetric | None, totals: Totals) -> dict[str, Any] | None:
+    """The readout's note on a pre-registered cap: {quantile, source, cap (the value used)}."""
+    if agg is None or not agg.capped:
+        return None
+    caps = [t.get(f"{agg.key}__cap") for t in totals.values()]
+    cap = next((c for c in caps if c is not None), None)
+    return {"quantile": agg.cap_quantile, "source": agg.cap_source, "cap": _f(cap)}
 
 
 def _metric_result(

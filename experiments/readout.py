@@ -51,7 +51,22 @@ CSV_COLUMNS = (
     "variance_reduction",
     "method",
     "reason",
+    # Added by issue #16 (appended, nothing renamed).
+    "skewness_control",
+    "skewness_treatment",
+    "skew_rule_holds",
+    "capped_at",
 )
+
+
+def capping_note(m: Mapping[str, Any]) -> str:
+    """How the readout names a pre-registered cap ('' when the metric is not capped)."""
+    cap = m.get("capping")
+    if not cap:
+        return ""
+    source = "the pre-period" if cap.get("source") == "pre" else "the control arm"
+    value = f" = {cap['cap']:.6g}" if cap.get("cap") is not None else ""
+    return f"capped at the {cap['quantile']:g} quantile of {source}{value}"
 
 
 def _shadow_parity(experiment: Experiment, since: dt.date) -> list[dict[str, Any]]:
@@ -185,7 +200,10 @@ def _table_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             test = f"TOST p={eq['p_value']:.3g}" if eq.get("p_value") is not None else "TOST n/a"
         elif ni:
             test = f"NI p={ni['p_value']:.3g}" if ni.get("p_value") is not None else "NI n/a"
-        rows.append({**m, "test": test})
+        rule = m.get("skew_rule") or {}
+        rows.append(
+            {**m, "test": test, "capping_note": capping_note(m), "skew_note": rule.get("message") or ""}
+        )
     return rows
 
 
@@ -233,6 +251,10 @@ def render_csv(data: Mapping[str, Any]) -> str:
                 "ni_p": ni.get("p_value"),
                 "noninferior": ni.get("noninferior") if ni else None,
                 "sequential_p": seq.get("p_value"),
+                "skewness_control": (m.get("skewness") or {}).get("control"),
+                "skewness_treatment": (m.get("skewness") or {}).get("treatment"),
+                "skew_rule_holds": (m.get("skew_rule") or {}).get("holds"),
+                "capped_at": (m.get("capping") or {}).get("cap"),
             }
         )
     return buffer.getvalue()

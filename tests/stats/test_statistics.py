@@ -117,7 +117,9 @@ def test_blocked_moments_cover_every_value_once(n):
             assert sums == pytest.approx([math.fsum(a) for a in shifted], rel=1e-13, abs=1e-9)
             expected = [math.fsum(shifted[i] * shifted[j]) for i, j in pairs]
             assert prods == pytest.approx(expected, rel=1e-13, abs=1e-9)
-            assert cube_sums == pytest.approx([math.fsum(shifted[i] ** 3) for i in cubes], rel=1e-12, abs=1e-9)
+            assert cube_sums == pytest.approx(
+                [math.fsum(shifted[i] ** 3) for i in cubes], rel=1e-12, abs=1e-9
+            )
 
 
 def test_threaded_moments_agree_with_one_thread(monkeypatch):
