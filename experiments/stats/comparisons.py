@@ -362,12 +362,22 @@ def cuped(
     bad = _undefined_arms(method, alpha, n_c, n_t, m_c, m_t)
     if bad is not None:
         return bad
-    # Pooled over both arms (the sum moves treatment's sums to control's shifts if they differ).
-    pooled = control + treatment
-    var_x = pooled.x_variance
-    cov_xy = pooled.covariance
+    # Pooled over both arms; treatment's sums are moved to control's shifts if they differ.
+    pooled = (
+        treatment
+        if (treatment.shift, treatment.x_shift) == (control.shift, control.x_shift)
+        else (control + treatment)
+    )
+    if pooled is treatment:
+        n = n_c + n_t
+        sx = control.x_sum + treatment.x_sum
+        sy = control.sum + treatment.sum
+        var_x = (control.x_sum_squares + treatment.x_sum_squares - sx * sx / n) / (n - 1)
+        cov_xy = (control.xy_sum + treatment.xy_sum - sx * sy / n) / (n - 1)
+        x_bar = control.x_shift + sx / n
+    else:
+        var_x, cov_xy, x_bar = pooled.x_variance, pooled.covariance, pooled.x_mean
     theta = cov_xy / var_x if var_x > 0.0 else 0.0
-    x_bar = pooled.x_mean
 
     def adjusted(s: CovariateMeanStatistic) -> tuple[float, float]:
         mean = s.mean - theta * (s.x_mean - x_bar)

@@ -553,6 +553,11 @@ class MeanStatistic:
     @property
     def problem(self) -> str | None:
         """Why these sums are impossible (non-finite, n < 0, negative variance), or None."""
+        n, s1, s2 = self.n, self.sum, self.sum_squares
+        c = self.sum_cubes
+        # Fast path (per comparison, ~0.3 µs): every doubt goes to the full check.
+        if n > 0 and s2 - s1 * s1 / n >= 0.0 and math.isfinite(s1 + s2 + self.shift + (c or 0.0)):
+            return None
         return _problem(self)
 
     @property
@@ -659,6 +664,15 @@ class CovariateMeanStatistic:
 
     @property
     def problem(self) -> str | None:
+        n, s1, s2, x1, x2 = self.n, self.sum, self.sum_squares, self.x_sum, self.x_sum_squares
+        c = self.sum_cubes
+        if (
+            n > 0
+            and s2 - s1 * s1 / n >= 0.0
+            and x2 - x1 * x1 / n >= 0.0
+            and math.isfinite(s1 + s2 + x1 + x2 + self.xy_sum + self.shift + self.x_shift + (c or 0.0))
+        ):
+            return None
         return _problem(self)
 
     @property
@@ -780,6 +794,14 @@ class RatioStatistic:
 
     @property
     def problem(self) -> str | None:
+        n, a1, a2, b1, b2 = self.n, self.num_sum, self.num_sum_squares, self.den_sum, self.den_sum_squares
+        if (
+            n > 0
+            and a2 - a1 * a1 / n >= 0.0
+            and b2 - b1 * b1 / n >= 0.0
+            and math.isfinite(a1 + a2 + b1 + b2 + self.num_den_sum + self.num_shift + self.den_shift)
+        ):
+            return None
         return _problem(self)
 
     @property
