@@ -1008,12 +1008,13 @@ class CovariateRatioStatistic:
 
     def __add__(self, other: CovariateRatioStatistic) -> CovariateRatioStatistic:
         if all(getattr(self, f) == getattr(other, f) for f in self._SHIFTS.values()):
+            sums: dict[str, float] = {f: getattr(self, f) + getattr(other, f) for f in self._MOMENTS}
             return CovariateRatioStatistic(
-                self.n + other.n,
-                *(getattr(self, f) + getattr(other, f) for f in self._MOMENTS),
-                self.num_shift,
-                self.den_shift,
-                self.pre_num_shift,
-                self.pre_den_shift,
+                n=self.n + other.n,
+                num_shift=self.num_shift,
+                den_shift=self.den_shift,
+                pre_num_shift=self.pre_num_shift,
+                pre_den_shift=self.pre_den_shift,
+                **sums,
             )
         return _stat_add(self, other)  # type: ignore[no-any-return]
