@@ -149,6 +149,8 @@ def _compare(
         "control_mean_adjusted": m_c if adjusted else None,
         "treatment_mean_adjusted": m_t if adjusted else None,
         "rel_ci_method": rel_ci,
+        "control_mean_variance": rel_over[1] if rel_over is not None else None,
+        "diff_control_covariance": rel_over[2] if rel_over is not None else None,
     }
     if not var > 0.0:
         return ComparisonResult(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from experiments.stats.comparisons import _check_alpha, _compare, _empty_result
 from experiments.stats.results import ComparisonResult, _ToDict
@@ -107,5 +108,26 @@ def stratified(
     m_t = sum(wi * m for wi, (m, _) in zip(w, arm_t, strict=True))
     b_c = sum(wi * wi * b for wi, (_, b) in zip(w, arm_c, strict=True))
     b_t = sum(wi * wi * b for wi, (_, b) in zip(w, arm_t, strict=True))
-    pooled = _compare(method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t)
+    extra: dict[str, Any] = {}
+    if all(
+        r.control_mean_adjusted is not None
+        and r.control_mean is not None
+        and r.treatment_mean is not None
+        and r.control_mean_variance is not None
+        and r.diff_control_covariance is not None
+        for r in items
+    ):
+        # CUPED strata (DESIGN.md): the pooled relative lift is Σw·D_s over the pooled UNADJUSTED
+        # control mean Σw·ȳ_c,s; strata are independent, so Var and Cov add with weights w².
+        m0 = sum(wi * r.control_mean for wi, r in zip(w, items, strict=True))  # type: ignore[misc]
+        v0 = sum(wi * wi * r.control_mean_variance for wi, r in zip(w, items, strict=True))  # type: ignore[misc]
+        c0 = sum(wi * wi * r.diff_control_covariance for wi, r in zip(w, items, strict=True))  # type: ignore[misc]
+        extra = {
+            "rel_over": (m0, v0, c0),
+            "report_c": m0,
+            "report_t": sum(wi * r.treatment_mean for wi, r in zip(w, items, strict=True)),  # type: ignore[misc]
+        }
+    pooled = _compare(
+        method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t, **extra
+    )
     return StratifiedResult(pooled, weighting, names, w, items)

@@ -179,3 +179,35 @@ def test_both_arms_without_variance_have_se_zero_and_no_p_or_ci(test) -> None:
         MeanStatistic.from_values(np.full(50, 3.0)), MeanStatistic.from_values(np.r_[np.full(39, 4.0), 5.0])
     )
     assert one.computable and one.se > 0  # one arm with variance is a valid test
+
+
+def test_stratified_cuped_relative_lift_is_over_the_pooled_unadjusted_control_mean() -> None:
+    from experiments.stats import stratified
+
+    rng = np.random.default_rng(8)
+    strata, means, blocks = {}, [], []
+    for name, (n, mu) in {"a": (500, 10.0), "b": (300, 20.0)}.items():
+        xc, xt = rng.normal(mu, 2, n), rng.normal(mu, 2, n)
+        yc, yt = 0.8 * xc + rng.normal(1, 1, n), 0.8 * xt + rng.normal(1.3, 1, n)
+        strata[name] = cuped(
+            CovariateMeanStatistic.from_values(yc, xc), CovariateMeanStatistic.from_values(yt, xt)
+        )
+        means.append((yc.mean(), xc.mean(), yt.mean(), xt.mean(), strata[name].theta))
+        blocks.append((np.cov(yc, xc, ddof=1) / n, np.cov(yt, xt, ddof=1) / n))
+    w = {"a": 0.6, "b": 0.4}
+    pooled = stratified(strata, weights=w).pooled
+    ws = [0.6, 0.4]
+
+    def lift(m: np.ndarray) -> float:
+        d = sum(wi * ((m[4 * i + 2] - m[4 * i]) - th * (m[4 * i + 3] - m[4 * i + 1]))
+                for i, (wi, (*_, th)) in enumerate(zip(ws, means, strict=True)))  # fmt: skip
+        return d / sum(wi * m[4 * i] for i, wi in enumerate(ws))
+
+    flat = np.array([v for mm in means for v in mm[:4]])
+    cov = np.zeros((8, 8))
+    for i, (bc, bt) in enumerate(blocks):
+        cov[4 * i : 4 * i + 2, 4 * i : 4 * i + 2] = bc
+        cov[4 * i + 2 : 4 * i + 4, 4 * i + 2 : 4 * i + 4] = bt
+    assert pooled.rel_lift == pytest.approx(lift(flat), rel=1e-10)
+    assert pooled.control_mean == pytest.approx(0.6 * means[0][0] + 0.4 * means[1][0], rel=1e-12)
+    assert pooled.rel_lift_se == pytest.approx(_delta_se(lift, flat, cov), rel=1e-5)
