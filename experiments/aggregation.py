@@ -13,13 +13,15 @@ dataclasses (``sum``, ``sum_squares``, ``x_sum`` …), so a row feeds ``from_row
 
 Numerical stability (DESIGN.md; experiments/stats/statistics.py explains the choice). Every sum
 is of SHIFTED per-unit values: Σ(y − K), Σ(y − K)², Σ(y − K)³, Σ(x − Kx)(y − K), … where K is,
-per per-unit variable, the value of ONE unit of the query: a one-row CTE ``k`` (the unit with the
-smallest id, so the text is deterministic) read by the final aggregate through a cross join. The
+per per-unit variable, the value of ONE unit: a one-row CTE ``k`` (the experiment's smallest
+unit id, found on the exposures' unique index, so the text is deterministic; its values come
+from its own rollup row and rows, never from a second read of ``j``, which would make PostgreSQL
+materialise ``j`` and drop the parallel plan) read by the final aggregate through a cross join. The
 shift is returned in a ``"<metric>__shift"`` column (``x_shift``, ``num_shift``, ``den_shift``,
 ``pre_num_shift``, ``pre_den_shift``) of every row, so a row stays a self-contained sufficient
 statistic. Any K inside the data's range keeps full precision (the rounding error of s² grows
 with ((ȳ − K)/s)²); one unit's value is inside it by construction, costs no second aggregate,
-and runs in every dialect (``ORDER BY … LIMIT 1`` in a CTE). All rows of one query share K;
+and runs in every dialect. All rows of one query share K;
 rows with different shifts (other queries, warehouse batches) are moved to a common K before
 they are added (:func:`add_row`, exact algebra). Mean and proportion metrics also get
 ``sum_cubes`` = Σ(y − K)³, from which the engine reports each arm's skewness.
@@ -508,16 +510,21 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
 
     agg_of = {col: agg for (_k, _p, agg), col in names.items()}
 
-    def column(col: str) -> str:
+    def column(col: str, p: str = "p", r: str = "r") -> str:
         """A unit's value of one pivot column: the rollup's plus the rows' (0 when neither has it)."""
         if len(sources) == 1:
-            return f"COALESCE({sources[0]}.{col}, 0)"
+            return f"COALESCE({p if sources[0] == 'p' else r}.{col}, 0)"
         if agg_of[col] == "max":
-            return f"COALESCE(GREATEST(p.{col}, r.{col}), 0)"
-        return f"(COALESCE(p.{col}, 0) + COALESCE(r.{col}, 0))"
+            return f"COALESCE(GREATEST({p}.{col}, {r}.{col}), 0)"
+        return f"(COALESCE({p}.{col}, 0) + COALESCE({r}.{col}, 0))"
 
     joined = {
         name: expr.format_map({c: column(c) for c in names.values()}) for name, expr in joined_exprs.items()
+    }
+    # The same per-unit values for the one unit that gives the shifts K (aliases pk, rk).
+    joined_k = {
+        name: expr.format_map({c: column(c, "pk", "rk") for c in names.values()})
+        for name, expr in joined_exprs.items()
     }
     params: list[Any] = [spec.surface_id, spec.salt, window[1], *stable_params]
     # Per-unit pivot first (one hash aggregate over the metric rows), then a join to the
@@ -544,19 +551,37 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
             sql += "p AS (\n  " + pivot + "\n),\n"
             params += pivot_params
             source += " LEFT JOIN p ON p.unit_id = u.unit_id"
-    per_unit_cols = [_alias_col(name) for name in joined]
     caps = cap_ctes(spec)
+    # The shifts K: every per-unit value of ONE unit, the experiment's smallest unit id (found on
+    # the exposures' unique index), read on its own — not from ``j``, which a second reference
+    # would materialise (and PostgreSQL would then run the whole query without parallel workers).
+    one_unit = (
+        f"(SELECT MIN(e1.unit_id) FROM {exposure_table} e1 "
+        "WHERE e1.surface_id = %s AND e1.salt = %s AND e1.arm IN ('control', 'treatment'))"
+    )
     sql += (
         "j AS (\n"
-        "  SELECT u.unit_id, u.arm, u.population, u.day, u.allocation_version,\n    "
+        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
         + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined.items())
         + "\n"
         f"  {source}\n"
         "),\n"
-        # The shifts K: every per-unit value of one unit (the smallest id), see the docstring.
+    )
+    k_source = f"FROM (SELECT {one_unit} AS unit_id) one"
+    params += [spec.surface_id, spec.salt]
+    if "r" in sources:
+        k_source += f" LEFT JOIN {_check_table(rollup.table)} rk ON rk.unit_id = one.unit_id"  # type: ignore[union-attr]
+    if "p" in sources:
+        day_condition = (
+            " AND " + _days_sql(unfolded) if rollup is not None else ""
+        ) + f" AND m.unit_id = {one_unit}"
+        pivot_k, pivot_k_params = _pivot_select(spec, names, day_condition)
+        k_source += f" LEFT JOIN (\n  {pivot_k}\n  ) pk ON pk.unit_id = one.unit_id"
+        params += [*pivot_k_params, spec.surface_id, spec.salt]
+    sql += (
         "k AS (\n  SELECT "
-        + ", ".join(f"j.{c}" for c in per_unit_cols)
-        + "\n  FROM j ORDER BY j.unit_id LIMIT 1\n)"
+        + ", ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_k.items())
+        + f"\n  {k_source}\n)"
         + "".join(f",\n{alias} AS (\n  {body}\n)" for alias, body in caps)
         + "\nSELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
