@@ -300,14 +300,18 @@ def pivot_columns(
 
     cap_alias = ""  # the capped metric's one-row CTE (see cap_ctes), "" when not capped
 
-    def value(alias: str, name: str) -> str:
-        col = f"{alias}.{_alias_col(name)}"
+    # ``j`` holds, per per-unit variable, the shifted value ``v_…`` = value − K and the shift
+    # ``kv_…`` = K (build_query); a capped metric's ``v_…`` stays raw, to be capped here first.
+    def value(which: str, name: str) -> str:
+        col = f"j.{'k' if which == 'k' else ''}{_alias_col(name)}"
         if not cap_alias:
             return col
         # Winsorised at the pre-registered cap (portable CASE, not LEAST: SQLite lacks it).
         return f"CASE WHEN {col} > {cap_alias}.cap THEN {cap_alias}.cap ELSE {col} END"
 
     def shifted(name: str) -> str:
+        if not cap_alias:
+            return f"(j.{_alias_col(name)})"
         return f"({value('j', name)} - {value('k', name)})"
 
     for index, m in enumerate(spec.metrics):
@@ -381,6 +385,11 @@ def pivot_columns(
 
 def _cap_alias(index: int) -> str:
     return f"cap{index}"
+
+
+def capped_names(spec: AggregateSpec) -> set[str]:
+    """Per-unit variables of capped metrics: ``j`` keeps them raw (capped, then shifted, at the end)."""
+    return {f"{m.key}:{v}" for m in spec.metrics if m.capped for v in ("y", "x")}
 
 
 def cap_ctes(spec: AggregateSpec) -> list[tuple[str, str]]:
@@ -552,20 +561,13 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
             params += pivot_params
             source += " LEFT JOIN p ON p.unit_id = u.unit_id"
     caps = cap_ctes(spec)
+    raw = capped_names(spec)
     # The shifts K: every per-unit value of ONE unit, the experiment's smallest unit id (found on
-    # the exposures' unique index), read on its own — not from ``j``, which a second reference
+    # the exposures' unique index), computed on its own — not from ``j``, which a second reference
     # would materialise (and PostgreSQL would then run the whole query without parallel workers).
     one_unit = (
         f"(SELECT MIN(e1.unit_id) FROM {exposure_table} e1 "
         "WHERE e1.surface_id = %s AND e1.salt = %s AND e1.arm IN ('control', 'treatment'))"
-    )
-    sql += (
-        "j AS (\n"
-        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
-        + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined.items())
-        + "\n"
-        f"  {source}\n"
-        "),\n"
     )
     k_source = f"FROM (SELECT {one_unit} AS unit_id) one"
     params += [spec.surface_id, spec.salt]
@@ -581,11 +583,24 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
     sql += (
         "k AS (\n  SELECT "
         + ", ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_k.items())
-        + f"\n  {k_source}\n)"
+        + f"\n  {k_source}\n),\n"
+    )
+    # Per unit: the shifted values (one subtraction per variable, so the group sums below are as
+    # cheap as raw ones) and K itself, carried to the output's shift columns.
+    columns_j = []
+    for name, expr in joined.items():
+        col = _alias_col(name)
+        columns_j.append(f"{expr} AS {col}" if name in raw else f"{expr} - k.{col} AS {col}")
+        columns_j.append(f"k.{col} AS k{col}")
+    sql += (
+        "j AS (\n"
+        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    " + ",\n    ".join(columns_j) + "\n"
+        f"  {source} CROSS JOIN k\n"
+        ")"
         + "".join(f",\n{alias} AS (\n  {body}\n)" for alias, body in caps)
         + "\nSELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
         + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
-        + "\nFROM j CROSS JOIN k"
+        + "\nFROM j"
         + "".join(f" CROSS JOIN {alias}" for alias, _ in caps)
         + "\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
         "ORDER BY j.arm, j.population, j.day, j.allocation_version"
