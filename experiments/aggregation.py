@@ -300,10 +300,10 @@ def pivot_columns(
 
     cap_alias = ""  # the capped metric's one-row CTE (see cap_ctes), "" when not capped
 
-    # ``j`` holds, per per-unit variable, the shifted value ``v_…`` = value − K and the shift
-    # ``kv_…`` = K (build_query); a capped metric's ``v_…`` stays raw, to be capped here first.
+    # ``j`` holds, per per-unit variable, the shifted value ``v_…`` = value − K (build_query); a
+    # capped metric's ``v_…`` stays raw, to be capped here first. ``k`` holds K.
     def value(which: str, name: str) -> str:
-        col = f"j.{'k' if which == 'k' else ''}{_alias_col(name)}"
+        col = f"{which}.{_alias_col(name)}"
         if not cap_alias:
             return col
         # Winsorised at the pre-registered cap (portable CASE, not LEAST: SQLite lacks it).
@@ -365,7 +365,7 @@ def pivot_columns(
             elif m.cuped:
                 pairs += [(f, None, None) for f in COVARIATE_FIELDS]
         if cap_alias:
-            outputs.append((_quote_alias(f"{m.key}__cap"), f"MIN({cap_alias}.cap)"))
+            outputs.append((_quote_alias(f"{m.key}__cap"), f"{OUTER}{cap_alias}.cap"))
         for fname, a, b in pairs:
             alias = _quote_alias(f"{m.key}__{fname}")
             if a is None:
@@ -374,8 +374,8 @@ def pivot_columns(
             elif b is None:
                 outputs.append((alias, f"SUM{shifted(a)}"))
             elif b == "shift":
-                # K, the same in every row of the query (MIN: any aggregate of a constant).
-                outputs.append((alias, f"MIN({value('k', a)})"))
+                # K, the same in every row of the query: selected around the group sums.
+                outputs.append((alias, OUTER + value("k", a)))
             elif b == "cube":
                 outputs.append((alias, f"SUM({shifted(a)} * {shifted(a)} * {shifted(a)})"))
             else:
@@ -385,6 +385,11 @@ def pivot_columns(
 
 def _cap_alias(index: int) -> str:
     return f"cap{index}"
+
+
+# Marks an output of ``pivot_columns`` that is not a group sum but a per-query constant (a shift
+# K or a cap), selected around the grouped sums (build_query).
+OUTER = "@outer:"
 
 
 def capped_names(spec: AggregateSpec) -> set[str]:
@@ -495,12 +500,19 @@ def _days_sql(days: Iterable[dt.date], alias: str = "m") -> str:
     return f"({ranges})"
 
 
-def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[str, list[Any]]:
+def build_query(
+    spec: AggregateSpec, rollup: RollupUse | None = None, *, materialize: bool = False
+) -> tuple[str, list[Any]]:
     """The aggregate query as (SQL with %s placeholders, parameters), for Django's cursor.
 
     With ``rollup`` (PostgreSQL, experiments/rollups.py, which checked that its folded days are
     unchanged) each unit's values are its rollup row's plus a pivot of the rows of the days the
     rollup has not folded. Without it the query is portable SQL over the rows alone.
+
+    ``materialize`` (PostgreSQL, ``run_query``) writes ``j AS MATERIALIZED``: each unit's shifted
+    values are then computed once, where an inlined ``j`` repeats the subtraction in every sum
+    that reads it (measured 2× slower through a rollup, bench/readout.py). The exported text
+    leaves it out (not every warehouse dialect has the hint).
     """
     names, joined_exprs, outputs = pivot_columns(spec)
     window, pre = _periods(spec)
@@ -563,8 +575,7 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
     caps = cap_ctes(spec)
     raw = capped_names(spec)
     # The shifts K: every per-unit value of ONE unit, the experiment's smallest unit id (found on
-    # the exposures' unique index), computed on its own — not from ``j``, which a second reference
-    # would materialise (and PostgreSQL would then run the whole query without parallel workers).
+    # the exposures' unique index): its rollup row (a primary-key lookup) plus its row in ``p``.
     one_unit = (
         f"(SELECT MIN(e1.unit_id) FROM {exposure_table} e1 "
         "WHERE e1.surface_id = %s AND e1.salt = %s AND e1.arm IN ('control', 'treatment'))"
@@ -574,36 +585,38 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
     if "r" in sources:
         k_source += f" LEFT JOIN {_check_table(rollup.table)} rk ON rk.unit_id = one.unit_id"  # type: ignore[union-attr]
     if "p" in sources:
-        day_condition = (
-            " AND " + _days_sql(unfolded) if rollup is not None else ""
-        ) + f" AND m.unit_id = {one_unit}"
-        pivot_k, pivot_k_params = _pivot_select(spec, names, day_condition)
-        k_source += f" LEFT JOIN (\n  {pivot_k}\n  ) pk ON pk.unit_id = one.unit_id"
-        params += [*pivot_k_params, spec.surface_id, spec.salt]
+        # The unit's unfolded rows from the pivot ``p`` itself (a second scan of the rows for one
+        # unit would cost as much as the first: there is no index by unit).
+        k_source += " LEFT JOIN p pk ON pk.unit_id = one.unit_id"
     sql += (
         "k AS (\n  SELECT "
         + ", ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_k.items())
         + f"\n  {k_source}\n),\n"
     )
     # Per unit: the shifted values (one subtraction per variable, so the group sums below are as
-    # cheap as raw ones) and K itself, carried to the output's shift columns.
+    # cheap as raw ones); K itself is selected once, around the grouped sums.
     columns_j = []
     for name, expr in joined.items():
         col = _alias_col(name)
         columns_j.append(f"{expr} AS {col}" if name in raw else f"{expr} - k.{col} AS {col}")
-        columns_j.append(f"k.{col} AS k{col}")
+    sums = [(alias, agg) for alias, agg in outputs if not agg.startswith(OUTER)]
+    constants = [(alias, agg.removeprefix(OUTER)) for alias, agg in outputs if agg.startswith(OUTER)]
+    cross = " CROSS JOIN k" + "".join(f" CROSS JOIN {alias}" for alias, _ in caps)
     sql += (
-        "j AS (\n"
+        f"j AS {'MATERIALIZED ' if materialize else ''}(\n"
         "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    " + ",\n    ".join(columns_j) + "\n"
         f"  {source} CROSS JOIN k\n"
         ")"
         + "".join(f",\n{alias} AS (\n  {body}\n)" for alias, body in caps)
-        + "\nSELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
-        + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
-        + "\nFROM j"
-        + "".join(f" CROSS JOIN {alias}" for alias, _ in caps)
+        + "\nSELECT g.*,\n  "
+        + ",\n  ".join(f"{expr} AS {alias}" for alias, expr in constants)
+        + "\nFROM (\n"
+        "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
+        + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in sums)
+        + f"\nFROM j{cross}"
         + "\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
-        "ORDER BY j.arm, j.population, j.day, j.allocation_version"
+        f") g{cross}\n"
+        "ORDER BY g.arm, g.population, g.day, g.allocation_version"
     )
     return sql, params
 
@@ -671,7 +684,7 @@ def render_sql(sql: str, params: Sequence[Any]) -> str:
 
 def run_query(spec: AggregateSpec, connection: Any, rollup: RollupUse | None = None) -> list[dict[str, Any]]:
     """Execute the aggregate query on a Django connection; rows as dicts (day as ISO text)."""
-    sql, params = build_query(spec, rollup)
+    sql, params = build_query(spec, rollup, materialize=connection.vendor == "postgresql")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and not connection.get_autocommit():
             # Transaction-local planner settings for this analytic query (measured, bench/readout.py):
