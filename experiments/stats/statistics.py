@@ -160,7 +160,7 @@ def _pick_shift(a: npt.NDArray[np.float64]) -> float:
     sd = math.sqrt(float(np.dot(d, d)) / pilot.shape[0])
     if abs(m) <= _NEAR_ZERO * sd:
         return 0.0
-    return m
+    return float(m)
 
 
 def _range_moments(
@@ -234,7 +234,7 @@ def _range_moments(
                 dot(u.reshape(rows, _ROW), ones, out=partial[i, b])
             for i, c in enumerate(cubes):
                 u = blocks[c]
-                sq = np.multiply(u, u, out=square)  # type: ignore[arg-type]
+                sq = np.multiply(u, u, out=square)
                 cube_sums[i] += dot(sq, u)
             start = end
     sums = [float(np.add.reduce(p, axis=None)) for p in partial]
@@ -330,7 +330,7 @@ def _skewness(n: int, s1: float, s2: float, s3: float | None) -> float | None:
     if not m2 > _ROUNDING * (s2 / n):
         return None
     m3 = s3 / n - 3.0 * a * s2 / n + 2.0 * a * a * a
-    return m3 / m2**1.5
+    return float(m3 / m2**1.5)
 
 
 # Variable of every power-sum field (a multiset of variables; degree = length) and the shift

@@ -109,23 +109,26 @@ def stratified(
     b_c = sum(wi * wi * b for wi, (_, b) in zip(w, arm_c, strict=True))
     b_t = sum(wi * wi * b for wi, (_, b) in zip(w, arm_t, strict=True))
     extra: dict[str, Any] = {}
-    if all(
-        r.control_mean_adjusted is not None
-        and r.control_mean is not None
-        and r.treatment_mean is not None
-        and r.control_mean_variance is not None
-        and r.diff_control_covariance is not None
+    cuped_parts = [
+        (r.control_mean, r.treatment_mean, r.control_mean_variance, r.diff_control_covariance)
         for r in items
-    ):
+        if r.control_mean_adjusted is not None
+    ]
+    parts = [
+        (mc0, mt0, v, c)
+        for mc0, mt0, v, c in cuped_parts
+        if mc0 is not None and mt0 is not None and v is not None and c is not None
+    ]
+    if items and len(parts) == len(items):
         # CUPED strata (DESIGN.md): the pooled relative lift is Σw·D_s over the pooled UNADJUSTED
         # control mean Σw·ȳ_c,s; strata are independent, so Var and Cov add with weights w².
-        m0 = sum(wi * r.control_mean for wi, r in zip(w, items, strict=True))  # type: ignore[misc]
-        v0 = sum(wi * wi * r.control_mean_variance for wi, r in zip(w, items, strict=True))  # type: ignore[misc]
-        c0 = sum(wi * wi * r.diff_control_covariance for wi, r in zip(w, items, strict=True))  # type: ignore[misc]
+        m0 = sum(wi * mc0 for wi, (mc0, _mt, _v, _c) in zip(w, parts, strict=True))
+        v0 = sum(wi * wi * v for wi, (_m, _mt, v, _c) in zip(w, parts, strict=True))
+        c0 = sum(wi * wi * c for wi, (_m, _mt, _v, c) in zip(w, parts, strict=True))
         extra = {
             "rel_over": (m0, v0, c0),
             "report_c": m0,
-            "report_t": sum(wi * r.treatment_mean for wi, r in zip(w, items, strict=True)),  # type: ignore[misc]
+            "report_t": sum(wi * mt0 for wi, (_m, mt0, _v, _c) in zip(w, parts, strict=True)),
         }
     pooled = _compare(
         method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t, **extra

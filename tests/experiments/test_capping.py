@@ -112,7 +112,7 @@ def test_capped_metric_in_the_analysis_and_readout(seeded: dict[str, Any]) -> No
 
 
 def test_design_validates_the_capping_option(seeded: dict[str, Any]) -> None:
-    from controlplane.errors import ApplicationError
+    from controlplane.core.errors import ApplicationError
     from experiments.services import _validate_metrics
 
     good = _validate_metrics(

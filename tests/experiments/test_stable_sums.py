@@ -48,7 +48,8 @@ def _populate(
     surface: Any, offset: float, ys: list[float], xs: list[float], split_days: bool
 ) -> dict[str, Any]:
     """One unit per value; arms alternate; first exposures on two days; per-unit values as stored."""
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.serving.models import Exposure
+    from experiments.models import MetricObservation
 
     tag = next(_counter)
     salt = f"stable-{tag}"

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("experiments", "0005_analysis_rollups"),
+        ("experiments", "0006_exposures_and_batches_to_serving"),
     ]
 
     operations = [
