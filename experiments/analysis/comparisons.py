@@ -9,8 +9,8 @@ they compare raw samples (order-statistic difference), pooled over all samples.
 from __future__ import annotations
 
 import math
-from typing import Any
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

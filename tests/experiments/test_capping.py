@@ -77,7 +77,7 @@ def test_capped_metric_in_the_analysis_and_readout(seeded: dict[str, Any]) -> No
     from django.db import connection
 
     from experiments import analysis
-    from experiments.readout import capping_note
+    from experiments.outcome import analysis_outcome
 
     rng = np.random.default_rng(3)
     ys = list(np.where(rng.random(200) < 0.7, 0.0, rng.lognormal(2.0, 1.5, 200)))
@@ -103,12 +103,17 @@ def test_capped_metric_in_the_analysis_and_readout(seeded: dict[str, Any]) -> No
     result = analysis.analyze(
         design, analysis.Inputs(rows=rows, as_of=DAY0 + dt.timedelta(days=1)), computed_at="t"
     )
-    entry = next(m for m in result["metrics"] if m["population"] == "content_first")
+    entry = next(m for m in result.metrics if m.population == "content_first")
     cap = float(np.quantile(np.asarray(data["units"]["control"]["y"]), 0.9, method="inverted_cdf"))
-    assert entry["capping"] == {"quantile": 0.9, "source": "control", "cap": pytest.approx(cap)}
-    assert capping_note(entry) == f"capped at the 0.9 quantile of the control arm = {cap:.6g}"
+    assert entry.capping is not None
+    assert (entry.capping.quantile, entry.capping.source) == (0.9, "control")
+    assert entry.capping.cap == pytest.approx(cap)
+    assert entry.capping.note == f"capped at the 0.9 quantile of the control arm = {cap:.6g}"
+    # The stored outcome keeps it, and the one adapter reads it back.
+    stored = analysis_outcome(result.to_dict())
+    assert stored is not None and stored.metrics[result.metrics.index(entry)].capping == entry.capping
     c = np.minimum(np.asarray(data["units"]["control"]["y"]), cap)
-    assert entry["control_mean"] == pytest.approx(c.mean(), rel=1e-9)
+    assert entry.control_mean == pytest.approx(c.mean(), rel=1e-9)
 
 
 def test_design_validates_the_capping_option(seeded: dict[str, Any]) -> None:
