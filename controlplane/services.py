@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,8 @@ from controlplane.errors import ApplicationError, ConflictError
 from controlplane.models import Allocation, AuditEvent, Population, RankingStack, Surface, SurfacePopulation
 
 Actor = AbstractBaseUser | AnonymousUser | str | None
+# Every audit event is also a log record on this logger (JSON with LOG_FORMAT=json).
+audit_log = logging.getLogger("controlplane.audit")
 
 
 def _actor_fields(actor: Actor) -> tuple[Any, str]:
@@ -46,7 +49,7 @@ def audit_record(
     if not surface_key:
         surface = target if isinstance(target, Surface) else getattr(target, "surface", None)
         surface_key = getattr(surface, "key", "") or ""
-    return AuditEvent.objects.create(
+    event = AuditEvent.objects.create(
         actor=user,
         actor_label=label,
         verb=verb,
@@ -58,6 +61,32 @@ def audit_record(
         after=dict(after) if after is not None else None,
         reason=reason,
         created_at=now or timezone.now(),
+    )
+    _audit_log_on_commit(event, target)
+    return event
+
+
+def _audit_log_on_commit(event: AuditEvent, target: models.Model) -> None:
+    """Every audit event is also a log event, written once its transaction commits."""
+    fields = {
+        "audit_id": event.pk,
+        "verb": event.verb,
+        "actor": event.actor_label,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "surface_key": event.surface_key,
+        "reason": event.reason,
+        f"{target._meta.model_name}_id": target.pk,  # runbook_id, experiment_id, surface_id, …
+    }
+    transaction.on_commit(
+        lambda: audit_log.info(
+            "audit %s %s:%s by %s",
+            event.verb,
+            event.target_type,
+            event.target_id,
+            event.actor_label,
+            extra=fields,
+        )
     )
 
 

@@ -69,9 +69,11 @@ INSTALLED_APPS = [
     "rankers",
     "experiments",
     "migrations_runbooks",
+    "controlplane.ops",
 ]
 
 MIDDLEWARE = [
+    "controlplane.ops.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -173,6 +175,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["controlplane.permissions.IsViewer"],
+    # Request bodies are JSON only (the HTML pages post forms to Django views, not to the API).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneAutoSchema",
     "EXCEPTION_HANDLER": "controlplane.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
@@ -277,11 +281,17 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 RUNBOOKS_ANALYSIS_MAX_AGE_S = float(os.environ.get("RUNBOOKS_ANALYSIS_MAX_AGE_S", "300"))
 RUNBOOKS_TICK_BUDGET_S = float(os.environ.get("RUNBOOKS_TICK_BUDGET_S", "1.5"))
 
+# --- Operations (controlplane/ops) -------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line; the default "console" is for people (make run).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "console")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # structlog's formatter (controlplane/ops/logs.py) for every record, from structlog or logging.
+    "formatters": {"structured": {"()": "controlplane.ops.logs.formatter", "fmt": LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# /metrics: operators (session or API token), or a scraper sending "Authorization: Bearer <token>".
+METRICS_SCRAPE_TOKEN = os.environ.get("METRICS_SCRAPE_TOKEN", "")

@@ -24,6 +24,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", include("controlplane.ops.urls")),  # /metrics, /healthz, /readyz
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -48,6 +48,7 @@ import pandas as pd
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from controlplane import telemetry
 from controlplane.assignment import bucket as assignment_bucket
 from controlplane.errors import ApplicationError, ConflictError
 from controlplane.models import Allocation, Population, RankingStack, Surface
@@ -555,6 +556,12 @@ def _close_batch(batch: IngestBatch, errors: _Errors, received: int) -> None:
     else:
         batch.status = IngestBatch.Status.PARTIAL
     batch.save(update_fields=["accepted", "rejected", "errors", "status"])
+    telemetry.ingest_counted(
+        kind=batch.kind,
+        accepted=batch.accepted,
+        rejected=rejected,
+        reasons=(str(e["field"]) for e in errors.items),
+    )
 
 
 def _ingestible_metrics() -> set[str]:

@@ -17,6 +17,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from controlplane import telemetry
 from controlplane.errors import ApplicationError, ConflictError
 from controlplane.models import Allocation, RankingStack, Surface
 from controlplane.services import Actor, audit_record
@@ -852,6 +853,7 @@ def experiment_analyze(
     # How many closed days came from the experiment's rollup rather than the rows (0: all rows).
     result["rollup_days"] = len(rollup.folded) if rollup else 0
     analysis_ms = (time.perf_counter() - started) * 1000
+    telemetry.analysis_finished(source=source, seconds=(query_ms + analysis_ms) / 1000)
     run = AnalysisRun.objects.create(
         experiment=experiment,
         source=source,

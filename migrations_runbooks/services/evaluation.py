@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane import telemetry
 from controlplane.models import SurfacePopulation
 from controlplane.services import Actor
 from migrations_runbooks import capacity, gates
@@ -173,6 +174,7 @@ def _record_evaluation(
         outcome,
         sorted([g.gate, g.subject, g.outcome] for g in result),
     ]
+    telemetry.evaluation_recorded(outcome=outcome, gates=[(g.gate, g.outcome) for g in result])
     previous = rb.last_evaluation or {}
     repeat = outcome in (
         StepEvaluation.Outcome.WAIT,

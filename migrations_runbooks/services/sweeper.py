@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from controlplane import telemetry
 from controlplane.services import Actor
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
@@ -102,6 +103,7 @@ def ramps_advance_due(
         notifications_redeliver_due(now=now)
     except Exception:
         log.exception("webhook redelivery sweep failed")
+    telemetry.tick_finished(seconds=time.perf_counter() - started)
     return outcomes
 
 
