@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import secrets
@@ -78,8 +79,11 @@ def _audit_log_on_commit(event: AuditEvent, target: models.Model) -> None:
         "reason": event.reason,
         f"{target._meta.model_name}_id": target.pk,  # runbook_id, experiment_id, surface_id, …
     }
+    # Logged in the context of the change (request id, user), though written after the commit.
+    context = contextvars.copy_context()
     transaction.on_commit(
-        lambda: audit_log.info(
+        lambda: context.run(
+            audit_log.info,
             "audit %s %s:%s by %s",
             event.verb,
             event.target_type,

@@ -35,11 +35,15 @@ class Broker(HealthCheck):
     timeout = dt.timedelta(seconds=2)
 
     def run(self) -> None:
+        from django.conf import settings
+
         from controlplane.celery import app
 
         try:
-            with app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=self.timeout.total_seconds())
+            with app.connection_for_write(
+                settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS
+            ) as conn:
+                conn.ensure_connection(max_retries=0, timeout=self.timeout.total_seconds())
         except Exception as exc:
             log.warning("readyz: broker unreachable: %r", exc)
             raise ServiceUnavailable("unavailable") from None
