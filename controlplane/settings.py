@@ -195,6 +195,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents the shared error body (400/401/403/404/409/413/429) and has examples.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.schema.postprocess_errors_and_examples",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "StackStatusEnum": "controlplane.models.RankingStack.Status",
         "SurfaceStatusEnum": "controlplane.models.Surface.Status",
