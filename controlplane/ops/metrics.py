@@ -6,6 +6,8 @@ are right whichever process changed the rows:
 * ``controlplane_runbooks{state}``: runbooks by state;
 * ``controlplane_experiment_analysis_age_seconds{experiment,surface}``: age of the newest analysis
   of each running experiment (``+Inf`` when it has none yet);
+* ``controlplane_runbook_analysis_age_seconds{runbook,surface,experiment}``: the same for the
+  experiment of each running runbook (the "ramp without fresh analysis" alert reads it);
 * ``controlplane_shadow_parity{surface,stack,measure}``: the newest daily shadow parity of each
   (surface, shadow stack): overlap@10, overlap@50, RBO, Kendall τ, calibration difference, error rate.
 
@@ -62,7 +64,7 @@ class DatabaseCollector(Collector):
             "Database gauge families that failed to compute in this scrape (see the web log).",
         )
         failed = 0
-        for family in (self._runbooks, self._analysis_age, self._shadow_parity):
+        for family in (self._runbooks, self._analysis_age, self._runbook_analysis_age, self._shadow_parity):
             try:
                 yield family(now)
             except Exception:  # one broken family must not hide the others
@@ -99,6 +101,34 @@ class DatabaseCollector(Collector):
         for key, surface, newest in rows:
             age = (now - newest).total_seconds() if newest else float("inf")
             gauge.add_metric([key, surface], max(age, 0.0))
+        return gauge
+
+    def _runbook_analysis_age(self, now: dt.datetime) -> Metric:
+        from experiments.models import AnalysisRun
+        from migrations_runbooks.models import Runbook
+
+        gauge = GaugeMetricFamily(
+            "controlplane_runbook_analysis_age_seconds",
+            "Seconds since the newest analysis of each running runbook's experiment (+Inf: none yet).",
+            labels=["runbook", "surface", "experiment"],
+        )
+        running = list(
+            Runbook.objects.filter(status=Runbook.Status.RUNNING)
+            .exclude(experiment_key="")
+            .values_list("pk", "surface__key", "experiment_key")
+            .order_by("pk")
+        )
+        newest = dict(
+            AnalysisRun.objects.filter(experiment__key__in={key for _, _, key in running})
+            .values_list("experiment__key")
+            .annotate(newest=Max("created_at"))
+            .values_list("experiment__key", "newest")
+        )
+        for pk, surface, key in running:
+            stamp = newest.get(key)
+            gauge.add_metric(
+                [str(pk), surface, key], max((now - stamp).total_seconds(), 0.0) if stamp else float("inf")
+            )
         return gauge
 
     def _shadow_parity(self, now: dt.datetime) -> Metric:

@@ -71,6 +71,15 @@ def test_runbook_request_tick_and_gate_families(
     after = scrape(op)
 
     assert value(after, "controlplane_runbooks", state="running") == 1
+    runbook_id = str(created.json()["id"])
+    (age,) = [
+        s
+        for s in after["controlplane_runbook_analysis_age_seconds"].samples
+        if s.labels["runbook"] == runbook_id
+    ]
+    # The scripted experiment has no analysis row: +Inf, so the "no fresh analysis" alert fires.
+    assert age.labels == {"runbook": runbook_id, "surface": "pages", "experiment": f"scripted-{runbook_id}"}
+    assert age.value == float("inf")
     assert value(after, "controlplane_runbooks", state="draft") == 0
     assert {s.labels["state"] for s in after["controlplane_runbooks"].samples} >= {"promoted", "rolled_back"}
 
