@@ -16,6 +16,8 @@ from controlplane import telemetry
 
 HEARTBEAT_TASK = "controlplane.tasks.heartbeat"
 _started: dict[str, float] = {}
+# The log context around a task (an eager task runs inside a web request): restored after it.
+_outer_context: dict[str, dict[str, Any]] = {}
 
 
 def _name(sender: Any) -> str:
@@ -31,7 +33,7 @@ def on_published(sender: Any = None, headers: Any = None, **_: Any) -> None:
 def on_prerun(task_id: str = "", task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     _started[task_id] = time.perf_counter()
     telemetry.CELERY_TASK_EVENTS.labels(name=_name(task), state="started").inc()
-    structlog.contextvars.clear_contextvars()
+    _outer_context[task_id] = structlog.contextvars.get_contextvars()
     context: dict[str, Any] = {"task": _name(task), "task_id": task_id}
     for key in ("experiment_id", "runbook_id", "surface_key"):
         if kwargs and key in kwargs:
@@ -55,6 +57,7 @@ def on_postrun(task_id: str = "", task: Any = None, state: str | None = None, **
     elif state == "RETRY":
         telemetry.CELERY_TASK_EVENTS.labels(name=name, state="retried").inc()
     structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**_outer_context.pop(task_id, {}))
 
 
 def connect() -> None:
@@ -67,6 +70,7 @@ def connect() -> None:
 
 def _worker_process_init(**_: Any) -> None:
     _started.clear()
+    _outer_context.clear()
 
 
 def _worker_ready(**_: Any) -> None:

@@ -109,3 +109,20 @@ def test_structlog_loggers_share_the_context(json_log):
         structlog.contextvars.clear_contextvars()
     (line,) = [x for x in lines(json_log) if x.get("event") == "analysis done"]
     assert (line["request_id"], line["experiment_key"], line["rows"]) == ("r-1", "exp-1", 3)
+
+
+def test_an_eager_task_logs_with_its_ids_and_restores_the_request_context(db, json_log):
+    from celery import shared_task
+
+    @shared_task(name="tests.ops.log_something")
+    def log_something(runbook_id: int) -> None:
+        logging.getLogger("tests.ops").info("inside the task")
+
+    structlog.contextvars.bind_contextvars(request_id="r-outer")
+    try:
+        log_something.apply(kwargs={"runbook_id": 7})
+        assert structlog.contextvars.get_contextvars() == {"request_id": "r-outer"}
+    finally:
+        structlog.contextvars.clear_contextvars()
+    (line,) = [x for x in lines(json_log) if x.get("event") == "inside the task"]
+    assert line["task"] == "tests.ops.log_something" and line["runbook_id"] == 7 and line["task_id"]
