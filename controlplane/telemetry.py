@@ -15,7 +15,7 @@ folder and ``/metrics`` (or a worker's ``CELERY_METRICS_PORT``) adds them up; se
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from django.db import transaction
 from prometheus_client import Counter, Gauge, Histogram
@@ -80,8 +80,8 @@ CELERY_HEARTBEAT = Gauge(
 )
 
 
-def _after_commit(fn: object) -> None:
-    transaction.on_commit(fn)  # type: ignore[arg-type]
+def _after_commit(fn: Callable[[], object]) -> None:
+    transaction.on_commit(fn)
 
 
 def evaluation_recorded(*, outcome: str, gates: Iterable[tuple[str, str]]) -> None:

@@ -45,3 +45,8 @@ for module in (
 
 # Login/logout (rate-limited login; templates live with the web UI).
 urlpatterns.append(path("accounts/", include("controlplane.account_urls")))
+
+# Unknown URLs, malformed requests and crashes under /api/ answer in the API's JSON error shape.
+handler400 = "controlplane.errors.bad_request"
+handler404 = "controlplane.errors.page_not_found"
+handler500 = "controlplane.errors.server_error"

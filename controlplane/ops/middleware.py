@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from controlplane import telemetry
 from controlplane.ops import logs
@@ -66,3 +66,25 @@ class RequestContextMiddleware:
         if context:
             structlog.contextvars.bind_contextvars(**context)
         return None
+
+
+class NulCharacterGuardMiddleware:
+    """A NUL character anywhere in the URL gets a 400 before any view runs.
+
+    PostgreSQL text cannot hold NUL, so a filter like ``?kind=%00`` would otherwise reach the
+    database and fail there as a 500. (JSON bodies are covered by DRF's CharField validator.)
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        params = request.GET.lists()
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in v for v in values) for key, values in params
+        ):
+            return JsonResponse(
+                {"detail": "the URL must not contain NUL characters", "code": "invalid", "errors": {}},
+                status=400,
+            )
+        return self.get_response(request)
