@@ -23,7 +23,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy controlplane experiments rankers migrations_runbooks
 
-check: lint typecheck test
+check: venv     ## ruff, ruff format --check, lint-imports (layers + purity contracts), mypy
+	bash scripts/check.sh
 
 bench: venv
 	$(BIN)/python bench/assignment.py

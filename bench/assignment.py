@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controlplane.assignment import AllocationConfig, PopulationShare
+from controlplane.core.assignment import AllocationConfig, PopulationShare
 
 
 def hashlib_loop(salt: str, ids: range) -> list[int]:

@@ -85,8 +85,8 @@ def main() -> None:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from controlplane import services as core
-    from controlplane.models import Population, RankingStack
+    from controlplane.core import services as core
+    from controlplane.core.models import Population, RankingStack
     from migrations_runbooks import services
     from tests.runbooks.evidence import synthesize_day
 
@@ -123,7 +123,7 @@ def main() -> None:
     services.ramps_advance_due(
         now=t0 + dt.timedelta(hours=2), budget_s=0
     )  # shadow → 50%, experiments attached
-    from controlplane.models import Surface
+    from controlplane.core.models import Surface
 
     for surface in Surface.objects.filter(key__startswith="bench-"):
         synthesize_day(surface=surface, day=(t0 + dt.timedelta(hours=2)).date(), units=args.units)

@@ -150,10 +150,11 @@ def load(n_units: int, seed: int, *, with_indexes: bool = False) -> tuple[object
     import pandas as pd
     from django.db import connection
 
-    from controlplane.models import RankingStack, Surface
-    from controlplane.selectors import allocation_config
-    from controlplane.services import allocation_change
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.core.models import RankingStack, Surface
+    from controlplane.core.selectors import allocation_config
+    from controlplane.core.services import allocation_change
+    from controlplane.serving.models import Exposure
+    from experiments.models import MetricObservation
     from experiments.services import experiment_create, metric_definitions_ensure_standard
 
     now = dt.datetime.combine(WINDOW_START, dt.time(6), tzinfo=dt.UTC)

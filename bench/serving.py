@@ -201,8 +201,8 @@ def bench(args: argparse.Namespace, database_url: str) -> None:
     from django.core.management import call_command
     from rest_framework.authtoken.models import Token
 
-    from controlplane import services as registry
-    from controlplane.models import RankingStack, Surface
+    from controlplane.core import services as registry
+    from controlplane.core.models import RankingStack, Surface
 
     print(
         f"database: {database_url.split('@')[-1]}  world: {args.world}  log mode: {args.log_mode}", flush=True
@@ -256,7 +256,7 @@ def bench_router(
     args: argparse.Namespace, pages: Any, n_users: int, table: list[tuple[str, str, str, str]]
 ) -> None:
     """1. Assignment and router overhead in process."""
-    from controlplane.selectors import allocation_config, allocation_current
+    from controlplane.core.selectors import allocation_config, allocation_current
 
     # 1. Assignment alone (pure, in process).
     config = allocation_config(allocation_current(surface=pages))
@@ -395,10 +395,10 @@ def bench_ingest(
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from controlplane.selectors import allocation_current
+    from controlplane.core.selectors import allocation_current
     from controlplane.serving.bulk import insert_rows
+    from controlplane.serving.models import Exposure
     from experiments.ingestion import ingest_metric_columns, metric_definitions_ensure
-    from experiments.models import Exposure
 
     metric_definitions_ensure()
     salt = allocation_current(surface=pages).salt

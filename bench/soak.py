@@ -372,13 +372,12 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str) -> bool:
     from django.core.management import call_command
     from rest_framework.authtoken.models import Token
 
-    from controlplane import services as registry
-    from controlplane.models import RankingStack, Surface
-    from controlplane.selectors import allocation_config
-    from controlplane.serving.models import ShadowComparison
+    from controlplane.core import services as registry
+    from controlplane.core.models import RankingStack, Surface
+    from controlplane.core.selectors import allocation_config
+    from controlplane.serving.models import Exposure, ShadowComparison
     from controlplane.serving.stacks import stack_registry
     from experiments.ingestion import metric_definitions_ensure
-    from experiments.models import Exposure
 
     print(f"database: {database_url.split('@')[-1]}  broker: {redis_url}  world: {args.world}", flush=True)
     call_command("migrate", verbosity=0)

@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controlplane.assignment import BUCKETS, AllocationConfig, bucket
+from controlplane.core.assignment import BUCKETS, AllocationConfig, bucket
 
 SALTS = ["pages-exp-1", "groups-exp-1", "population:pages", "s", "ünïcødé-salt"]
 UNITS: list[str | int] = [

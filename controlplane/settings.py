@@ -63,9 +63,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
-    "controlplane",
+    "controlplane.core",
     "controlplane.serving",
     "controlplane.web",
+    "controlplane.demo",
     "rankers",
     "experiments",
     "migrations_runbooks",
@@ -111,7 +112,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "controlplane.sqlite3",
+            "NAME": str(VAR_DIR / "controlplane.sqlite3"),
             # Web, worker and beat share the file: WAL lets readers run beside the writer, and
             # IMMEDIATE transactions take the write lock up front instead of failing mid-transaction.
             "OPTIONS": {
@@ -175,11 +176,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["controlplane.permissions.IsViewer"],
+    "DEFAULT_PERMISSION_CLASSES": ["controlplane.core.permissions.IsViewer"],
     # Request bodies are JSON only (the HTML pages post forms to Django views, not to the API).
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneAutoSchema",
-    "EXCEPTION_HANDLER": "controlplane.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "controlplane.core.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_THROTTLE_RATES": {"login": "10/min"},
@@ -202,9 +203,9 @@ SPECTACULAR_SETTINGS = {
         "controlplane.schema.postprocess_errors_and_examples",
     ],
     "ENUM_NAME_OVERRIDES": {
-        "StackStatusEnum": "controlplane.models.RankingStack.Status",
-        "SurfaceStatusEnum": "controlplane.models.Surface.Status",
-        "StackKindEnum": "controlplane.models.RankingStack.Kind",
+        "StackStatusEnum": "controlplane.core.models.RankingStack.Status",
+        "SurfaceStatusEnum": "controlplane.core.models.Surface.Status",
+        "StackKindEnum": "controlplane.core.models.RankingStack.Kind",
         "MetricKindEnum": "experiments.models_evidence.MetricDefinition.Kind",
         "DecisionVerdictEnum": "experiments.models.Decision.Verdict",
     },
@@ -254,7 +255,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "controlplane-heartbeat": {
-        "task": "controlplane.tasks.heartbeat",
+        "task": "controlplane.core.tasks.heartbeat",
         "schedule": crontab(minute="*"),
         "options": {"expires": 50},
     },

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from controlplane import apis
+from controlplane.core import apis
 
 api_v1 = [
     path("stacks/", apis.StackListApi.as_view(), name="stack-list"),
@@ -44,9 +44,9 @@ for module in (
         urlpatterns.append(path("", include(module)))
 
 # Login/logout (rate-limited login; templates live with the web UI).
-urlpatterns.append(path("accounts/", include("controlplane.account_urls")))
+urlpatterns.append(path("accounts/", include("controlplane.web.account_urls")))
 
 # Unknown URLs, malformed requests and crashes under /api/ answer in the API's JSON error shape.
-handler400 = "controlplane.errors.bad_request"
-handler404 = "controlplane.errors.page_not_found"
-handler500 = "controlplane.errors.server_error"
+handler400 = "controlplane.core.errors.bad_request"
+handler404 = "controlplane.core.errors.page_not_found"
+handler500 = "controlplane.core.errors.server_error"

@@ -19,10 +19,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane import selectors as registry
-from controlplane.errors import ApplicationError
-from controlplane.models import Surface
-from controlplane.permissions import IsApprover, IsOperator, IsViewer
+from controlplane.core import selectors as registry
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import Surface
+from controlplane.core.permissions import IsApprover, IsOperator, IsViewer
 from experiments import aggregation, readout, selectors, services
 from experiments.models import AnalysisRun, Decision, Experiment, ExperimentMetric, MetricDefinition
 

@@ -48,11 +48,13 @@ import pandas as pd
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from controlplane import telemetry
-from controlplane.assignment import bucket as assignment_bucket
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import Allocation, Population, RankingStack, Surface
-from experiments.models import Exposure, IngestBatch, MetricDefinition, MetricObservation
+from controlplane.core import telemetry
+from controlplane.core.assignment import bucket as assignment_bucket
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import Allocation, Population, RankingStack, Surface
+from controlplane.core.updates import model_update
+from controlplane.serving.models import Exposure, IngestBatch
+from experiments.models import MetricDefinition, MetricObservation
 
 MAX_ROWS_PER_BATCH = 2_000_000
 ARMS = ("holdout", "control", "treatment")
@@ -546,19 +548,20 @@ def _open_batch(
 
 def _close_batch(batch: IngestBatch, errors: _Errors, received: int) -> None:
     rejected = len(errors.bad)
-    batch.accepted = received - rejected
-    batch.rejected = rejected
-    batch.errors = errors.sorted()
+    accepted = received - rejected
     if rejected == 0:
-        batch.status = IngestBatch.Status.ACCEPTED
+        status = IngestBatch.Status.ACCEPTED
     elif rejected == received:
-        batch.status = IngestBatch.Status.REJECTED
+        status = IngestBatch.Status.REJECTED
     else:
-        batch.status = IngestBatch.Status.PARTIAL
-    batch.save(update_fields=["accepted", "rejected", "errors", "status"])
+        status = IngestBatch.Status.PARTIAL
+    model_update(
+        instance=batch,
+        data={"accepted": accepted, "rejected": rejected, "errors": errors.sorted(), "status": status},
+    )
     telemetry.ingest_counted(
         kind=batch.kind,
-        accepted=batch.accepted,
+        accepted=accepted,
         rejected=rejected,
         reasons=(str(e["field"]) for e in errors.items),
     )

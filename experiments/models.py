@@ -11,8 +11,6 @@ from django.conf import settings
 from django.db import models
 
 from experiments.models_evidence import (
-    Exposure,
-    IngestBatch,
     MetricDayWrite,
     MetricDefinition,
     MetricObservation,
@@ -24,8 +22,6 @@ __all__ = [
     "Decision",
     "Experiment",
     "ExperimentMetric",
-    "Exposure",
-    "IngestBatch",
     "MetricDayWrite",
     "MetricDefinition",
     "MetricObservation",

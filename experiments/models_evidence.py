@@ -1,4 +1,7 @@
-"""Evidence tables the analysis reads: metric definitions, exposures and per-unit, per-day metric rows.
+"""Evidence tables the analysis owns: metric definitions and per-unit, per-day metric rows.
+
+Exposures and ingest batches are serving's logs (``controlplane.serving.models``); the analysis reads
+them through serving's selectors.
 
 These are written by the serving path and by ingestion (bulk, validated, idempotent per client
 batch) and read by the analysis as one aggregate query per experiment. Rows are narrow and
@@ -42,35 +45,6 @@ class MetricDefinition(models.Model):
         return self.key
 
 
-class Exposure(models.Model):
-    """The first time a unit was served under an allocation salt on a surface (one row per unit)."""
-
-    surface = models.ForeignKey("controlplane.Surface", on_delete=models.CASCADE, related_name="exposures")
-    salt = models.CharField(
-        max_length=64, help_text="Allocation salt: identifies the experiment's assignment"
-    )
-    unit_id = models.CharField(max_length=128)
-    arm = models.CharField(max_length=10)  # holdout / control / treatment
-    population = models.CharField(max_length=20)  # content_first / interest_first
-    stack = models.CharField(max_length=100, help_text="Stack label that served the first request")
-    allocation_version = models.PositiveIntegerField()
-    # The unit's assignment bucket under the salt, in [0, 10000). The analysis uses it to keep only
-    # units whose arm never changed since their first exposure (a monotone ramp moves control
-    # buckets into treatment; see experiments/analysis.py, "Crossover"). Null for exposures
-    # recorded before buckets were stored: those are kept as first exposed.
-    bucket = models.PositiveSmallIntegerField(null=True, blank=True)
-    first_exposed_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["surface", "salt", "unit_id"], name="exposure_unit_once")
-        ]
-        indexes = [models.Index(fields=["surface", "salt", "arm"], name="exposure_arm_idx")]
-
-    def __str__(self) -> str:
-        return f"{self.surface_id}/{self.unit_id}:{self.arm}"
-
-
 class MetricObservation(models.Model):
     """One metric value of one unit on one day (the warehouse hand-off grain).
 
@@ -103,7 +77,7 @@ class MetricObservation(models.Model):
     metric = models.SlugField(max_length=64, db_index=False)
     value = models.FloatField()
     batch = models.ForeignKey(
-        "IngestBatch",
+        "serving.IngestBatch",
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
@@ -117,37 +91,6 @@ class MetricObservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.unit_id} {self.day} {self.metric}={self.value}"
-
-
-class IngestBatch(models.Model):
-    """A client batch: its id makes a re-sent batch idempotent; its errors name the bad rows."""
-
-    class Kind(models.TextChoices):
-        METRIC_ROWS = "metric_rows", "Metric rows"
-        EVENTS = "events", "Engagement events"
-        EXPOSURES = "exposures", "Exposures"
-        LATENCY = "latency", "Latency samples"
-
-    class Status(models.TextChoices):
-        ACCEPTED = "accepted", "Accepted"
-        PARTIAL = "partial", "Partially accepted"
-        REJECTED = "rejected", "Rejected"
-
-    client_batch_id = models.CharField(max_length=128)
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    status = models.CharField(max_length=10, choices=Status.choices)
-    received = models.PositiveIntegerField()
-    accepted = models.PositiveIntegerField()
-    rejected = models.PositiveIntegerField()
-    errors = models.JSONField(default=list, blank=True, help_text="[{row, field, message}] for rejected rows")
-    created_by = models.CharField(max_length=150, blank=True)
-    created_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["kind", "client_batch_id"], name="ingest_batch_once")]
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.client_batch_id}"
 
 
 class MetricDayWrite(models.Model):

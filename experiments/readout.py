@@ -17,6 +17,7 @@ from typing import Any
 
 from django.template.loader import render_to_string
 
+from controlplane.serving import selectors as serving_logs
 from experiments import charts
 from experiments.models import AnalysisRun, Experiment
 from experiments.selectors import experiment_timeline
@@ -57,11 +58,7 @@ CSV_COLUMNS = (
 def _shadow_parity(experiment: Experiment, since: dt.date) -> list[dict[str, Any]]:
     """Daily shadow parity of the treatment stack on the surface, from serving (when present)."""
     try:
-        from controlplane.serving.selectors import shadow_parity_daily  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    try:
-        rows = shadow_parity_daily(
+        rows = serving_logs.shadow_parity_daily(
             surface=experiment.surface, stack=experiment.treatment_stack.label, since=since
         )
     except Exception:
@@ -94,22 +91,17 @@ def _daily_latency(experiment: Experiment, until: dt.date) -> list[dict[str, Any
     """p50/p99 per day and arm of the requests served under the experiment's salt."""
     import numpy as np
 
-    from experiments.services import _latency_model
-
-    model = _latency_model()
-    if model is None:
-        return []
     start = dt.datetime.combine(experiment.window_start, dt.time.min, tzinfo=dt.UTC)
     end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
     grouped: dict[tuple[str, str], list[float]] = {}
     try:
-        rows = model.objects.filter(
+        rows = serving_logs.latency_rows(
             surface_id=experiment.surface_id,
             salt=experiment.salt,
-            arm__in=["control", "treatment"],
-            ts__gte=start,
-            ts__lt=end,
-        ).values_list("arm", "ts", "ms")
+            start=start,
+            end=end,
+            fields=("arm", "ts", "ms"),
+        )
         for arm, ts, ms in rows.iterator(chunk_size=20000):
             grouped.setdefault((ts.date().isoformat(), arm), []).append(ms)
     except Exception:

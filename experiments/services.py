@@ -2,7 +2,7 @@
 
 Every state change is validated, runs in a transaction, is idempotent where a retry can happen
 (creation per key, warehouse uploads per client batch id) and is audited through
-``controlplane.services.audit_record``. Once an experiment runs its design is locked: later
+``controlplane.core.services.audit_record``. Once an experiment runs its design is locked: later
 changes need a reason and are audited with the before/after design.
 """
 
@@ -17,10 +17,12 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from controlplane import telemetry
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import Allocation, RankingStack, Surface
-from controlplane.services import Actor, audit_record
+from controlplane.core import telemetry
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import Allocation, RankingStack, Surface
+from controlplane.core.services import Actor, audit_record
+from controlplane.core.updates import model_update
+from controlplane.serving import selectors as serving_logs
 from experiments import aggregation, analysis, rollups
 from experiments.metrics import (
     BASE_METRICS,
@@ -380,10 +382,7 @@ def experiment_start(*, experiment: Experiment, actor: Actor, now: dt.datetime |
         return experiment
     if experiment.status != Experiment.Status.DRAFT:
         raise ConflictError(f"experiment {experiment.key} is {experiment.status}; only a draft can start")
-    experiment.status = Experiment.Status.RUNNING
-    experiment.locked_at = now
-    experiment.updated_at = now
-    experiment.save(update_fields=["status", "locked_at", "updated_at"])
+    model_update(instance=experiment, data={"status": Experiment.Status.RUNNING, "locked_at": now}, now=now)
     audit_record(
         actor=actor,
         verb="experiment.start",
@@ -488,10 +487,7 @@ def experiment_stop(
         "status": experiment.status,
         "window_end": experiment.window_end.isoformat() if experiment.window_end else None,
     }
-    experiment.status = Experiment.Status.STOPPED
-    experiment.window_end = end
-    experiment.updated_at = now
-    experiment.save(update_fields=["status", "window_end", "updated_at"])
+    model_update(instance=experiment, data={"status": Experiment.Status.STOPPED, "window_end": end}, now=now)
     audit_record(
         actor=actor,
         verb="experiment.stop",
@@ -637,15 +633,6 @@ def aggregate_spec(
     )
 
 
-def _latency_model() -> Any:
-    from django.apps import apps
-
-    try:
-        return apps.get_model("serving", "LatencySample")
-    except LookupError:
-        return None
-
-
 def _quantile_samples(
     experiment: Experiment, design: analysis.Design, as_of: dt.date
 ) -> dict[str, dict[tuple[str, str], Any]]:
@@ -653,18 +640,13 @@ def _quantile_samples(
     import numpy as np
 
     keys = [m.key for m in design.metrics if m.kind == "quantile"]
-    model = _latency_model()
-    if not keys or model is None:
+    if not keys:
         return {}
     start = dt.datetime.combine(experiment.window_start, dt.time.min, tzinfo=dt.UTC)
     end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    rows = model.objects.filter(
-        surface_id=experiment.surface_id,
-        salt=experiment.salt,
-        arm__in=["control", "treatment"],
-        ts__gte=start,
-        ts__lt=end,
-    ).values_list("arm", "population", "ms")
+    rows = serving_logs.latency_rows(
+        surface_id=experiment.surface_id, salt=experiment.salt, start=start, end=end
+    )
     grouped: dict[tuple[str, str], list[float]] = {}
     for arm, population, ms in rows.iterator(chunk_size=20000):
         grouped.setdefault((arm, population), []).append(ms)
@@ -695,68 +677,58 @@ def _crossover(
     measured from serving's request log where it has this salt, else estimated on a sample of
     analysed exposures re-assigned with the current allocation.
     """
-    from experiments.models import Exposure
-
     stable = design.stable()
     end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    exposures = Exposure.objects.filter(
-        surface_id=experiment.surface_id,
-        salt=experiment.salt,
-        arm__in=["control", "treatment"],
-        first_exposed_at__lt=end,
+    exposures = serving_logs.exposures(surface_id=experiment.surface_id, salt=experiment.salt, before=end)
+    # One statement (this runs for every ramp on every sweep, and the ORM's compile of the
+    # same counts cost ~8× their execution): all exposures (for the excluded count), the
+    # analysed ones — the aggregate query's own stable filter — that the request log saw, and
+    # those it saw in both arms; and whether the log has this salt at all.
+    keep, keep_params = aggregation.stable_filter(stable, alias="e")
+    when = connection.ops.adapt_datetimefield_value(end)
+    log = (
+        f"SELECT l.unit_id FROM {serving_logs.LATENCY_TABLE} l WHERE l.surface_id = %s AND l.salt = %s "
+        "AND l.arm IN ('control', 'treatment') AND l.ts < %s"
     )
-    total: int | None = None
-    model = _latency_model()
-    if model is not None:
-        # One statement (this runs for every ramp on every sweep, and the ORM's compile of the
-        # same counts cost ~8× their execution): all exposures (for the excluded count), the
-        # analysed ones — the aggregate query's own stable filter — that the request log saw, and
-        # those it saw in both arms; and whether the log has this salt at all.
-        keep, keep_params = aggregation.stable_filter(stable, alias="e")
-        when = connection.ops.adapt_datetimefield_value(end)
-        log = (
-            f"SELECT l.unit_id FROM {model._meta.db_table} l WHERE l.surface_id = %s AND l.salt = %s "
-            "AND l.arm IN ('control', 'treatment') AND l.ts < %s"
-        )
-        log_params = [experiment.surface_id, experiment.salt, when]
-        sql = (
-            "SELECT COUNT(*),\n"
-            f"  COALESCE(SUM(CASE WHEN 1 = 1{keep} AND e.unit_id IN ({log}) THEN 1 ELSE 0 END), 0),\n"
-            f"  COALESCE(SUM(CASE WHEN 1 = 1{keep} AND e.unit_id IN ({log} GROUP BY l.unit_id "
-            "HAVING COUNT(DISTINCT l.arm) > 1) THEN 1 ELSE 0 END), 0),\n"
-            f"  EXISTS ({log})\n"
-            f"FROM {Exposure._meta.db_table} e\n"
-            "WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment') "
-            "AND e.first_exposed_at < %s"
-        )
-        params = [
-            *keep_params,
-            *log_params,
-            *keep_params,
-            *log_params,
-            *log_params,
-            experiment.surface_id,
-            experiment.salt,
-            when,
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            total, checked, crossed, logged = cursor.fetchone()
-        total = int(total)
-        if logged:
-            excluded = max(0, total - analysed_units) if analysed_units is not None else None
-            return {
-                "checked": int(checked),
-                "crossed": int(crossed),
-                "excluded": excluded,
-                "source": "request_log",
-            }
+    log_params = [experiment.surface_id, experiment.salt, when]
+    sql = (
+        "SELECT COUNT(*),\n"
+        f"  COALESCE(SUM(CASE WHEN 1 = 1{keep} AND e.unit_id IN ({log}) THEN 1 ELSE 0 END), 0),\n"
+        f"  COALESCE(SUM(CASE WHEN 1 = 1{keep} AND e.unit_id IN ({log} GROUP BY l.unit_id "
+        "HAVING COUNT(DISTINCT l.arm) > 1) THEN 1 ELSE 0 END), 0),\n"
+        f"  EXISTS ({log})\n"
+        f"FROM {serving_logs.EXPOSURE_TABLE} e\n"
+        "WHERE e.surface_id = %s AND e.salt = %s AND e.arm IN ('control', 'treatment') "
+        "AND e.first_exposed_at < %s"
+    )
+    params = [
+        *keep_params,
+        *log_params,
+        *keep_params,
+        *log_params,
+        *log_params,
+        experiment.surface_id,
+        experiment.salt,
+        when,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        total, checked, crossed, logged = cursor.fetchone()
+    total = int(total)
+    if logged:
+        excluded = max(0, total - analysed_units) if analysed_units is not None else None
+        return {
+            "checked": int(checked),
+            "crossed": int(crossed),
+            "excluded": excluded,
+            "source": "request_log",
+        }
     if analysed_units is None:
         excluded = None
     else:
-        excluded = max(0, (exposures.count() if total is None else total) - analysed_units)
+        excluded = max(0, total - analysed_units)
     analysed = exposures.filter(_stable_q(stable)) if stable else exposures
-    from controlplane.selectors import allocation_config
+    from controlplane.core.selectors import allocation_config
 
     allocation = (
         Allocation.objects.select_related("surface", "treatment_stack", "shadow_stack")
@@ -984,11 +956,11 @@ def experiment_decide(
     )
     before = {"status": experiment.status}
     if verdict in (Decision.Verdict.SHIP, Decision.Verdict.ROLLBACK):
-        if experiment.window_end is None:
-            experiment.window_end = run.as_of
-        experiment.status = Experiment.Status.DECIDED
-        experiment.updated_at = now
-        experiment.save(update_fields=["status", "window_end", "updated_at"])
+        model_update(
+            instance=experiment,
+            data={"status": Experiment.Status.DECIDED, "window_end": experiment.window_end or run.as_of},
+            now=now,
+        )
     audit_record(
         actor=actor,
         verb=f"experiment.decide.{verdict}",

@@ -1,8 +1,9 @@
-"""Experiments API (api/v1/experiments/...) and the readout page; mounted at the root."""
+"""Experiments API (api/v1/experiments/...), the ingestion API (api/v1/ingest/...) and the readout page;
+mounted at the root."""
 
 from django.urls import path
 
-from experiments import apis, views
+from experiments import apis, ingestion_apis, views
 
 urlpatterns = [
     path("api/v1/experiments/", apis.ExperimentListApi.as_view(), name="experiment-list"),
@@ -45,6 +46,17 @@ urlpatterns = [
         "api/v1/experiments/<slug:key>/warehouse/statistics/",
         apis.WarehouseStatisticsApi.as_view(),
         name="experiment-warehouse-statistics",
+    ),
+    path(
+        "api/v1/ingest/metric-rows/", ingestion_apis.IngestMetricRowsApi.as_view(), name="ingest-metric-rows"
+    ),
+    path("api/v1/ingest/events/", ingestion_apis.IngestEventsApi.as_view(), name="ingest-events"),
+    path("api/v1/ingest/exposures/", ingestion_apis.IngestExposuresApi.as_view(), name="ingest-exposures"),
+    path("api/v1/ingest/latency/", ingestion_apis.IngestLatencyApi.as_view(), name="ingest-latency"),
+    path(
+        "api/v1/ingest/batches/<slug:kind>/<str:client_batch_id>/",
+        ingestion_apis.IngestBatchDetailApi.as_view(),
+        name="ingest-batch-detail",
     ),
     path("experiments/<slug:key>/readout/", views.experiment_readout, name="experiment-readout"),
 ]

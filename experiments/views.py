@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import NoReverseMatch, reverse
 
-from controlplane.permissions import VIEWER, has_role
+from controlplane.core.permissions import VIEWER, has_role
 from experiments import readout, selectors
 from experiments.models import AnalysisRun, Experiment
 

@@ -13,9 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane.models import Surface
-from controlplane.permissions import IsApprover, IsOperator, IsViewer
-from controlplane.selectors import stack_get_by_label
+from controlplane.core.models import Surface
+from controlplane.core.permissions import IsApprover, IsOperator, IsViewer
+from controlplane.core.selectors import stack_get_by_label
 from migrations_runbooks import selectors, services
 from migrations_runbooks.models import (
     CapacityConfig,

@@ -267,7 +267,7 @@ def prices_current() -> Prices:
 
 
 def stack_specs() -> dict[str, StackSpec]:
-    from controlplane.models import RankingStack
+    from controlplane.core.models import RankingStack
 
     return {
         s.label: StackSpec(
@@ -293,7 +293,7 @@ def current_loads(*, at: Any = None) -> dict[int, SurfaceLoad]:
     """Every surface's load under its current allocation (or the one in force at ``at``)."""
     from django.db.models import OuterRef, Subquery
 
-    from controlplane.models import Allocation
+    from controlplane.core.models import Allocation
 
     # One query: each surface's highest version (as of ``at``), not one query per surface.
     latest = Allocation.objects.filter(surface=OuterRef("surface"))
@@ -307,7 +307,7 @@ def current_loads(*, at: Any = None) -> dict[int, SurfaceLoad]:
 
 def baseline_loads() -> dict[int, SurfaceLoad]:
     """Every surface as it was before any migration: version 1 of its allocation (all legacy)."""
-    from controlplane.models import Allocation
+    from controlplane.core.models import Allocation
 
     loads: dict[int, SurfaceLoad] = {}
     for allocation in Allocation.objects.select_related("surface").filter(version=1):

@@ -669,7 +669,7 @@ def experiment_freeze(
     experiments app (e.g. nothing analysed to decide on) is recorded there, not swallowed; any
     other failure propagates, so the promotion's transaction rolls back and the next tick retries.
     """
-    from controlplane.errors import ApplicationError
+    from controlplane.core.errors import ApplicationError
 
     experiment = runbook.experiment
     if experiment is None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 
-from controlplane.models import Surface
-from controlplane.selectors import allocation_current
+from controlplane.core.models import Surface
+from controlplane.core.selectors import allocation_current
 from migrations_runbooks import capacity
 from migrations_runbooks.models import (
     Approval,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from controlplane.models import RankingStack
+from controlplane.core.models import RankingStack
 
 
 class TrainedArtifact(models.Model):

@@ -1,6 +1,6 @@
 """Register trained ranking-stack artifacts as stack versions in the control plane's registry.
 
-The registry write itself is ``controlplane.services.stack_register`` (validated, idempotent,
+The registry write itself is ``controlplane.core.services.stack_register`` (validated, idempotent,
 audited); this module turns an artifact directory (verified against its sha256 manifest) and an
 optional ``bench/rankers.py`` JSON into the facts that call records, and links the artifact row.
 Torch is never imported here: manifests are read with :mod:`rankers.engine.manifest`.
@@ -17,9 +17,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from controlplane.errors import ApplicationError
-from controlplane.models import RankingStack
-from controlplane.services import Actor, audit_record, stack_register
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import RankingStack
+from controlplane.core.services import Actor, audit_record, stack_register
+from controlplane.core.updates import model_update
 from rankers.engine.manifest import ArtifactError, verify
 from rankers.models import TrainedArtifact
 
@@ -167,8 +168,7 @@ def artifact_register(
         )
     elif facts and facts != artifact.bench:
         before = {"bench": artifact.bench}
-        artifact.bench = dict(facts)
-        artifact.save(update_fields=["bench", "updated_at"])
+        model_update(instance=artifact, data={"bench": dict(facts)})
         audit_record(
             actor=actor,
             verb="artifact.bench",

@@ -24,6 +24,12 @@ if ! .venv/bin/python -c "import django, torch, pytest_django, statsmodels, play
   touch .venv/.installed
 fi
 
+# --- 1b. static checks (the whole run only: with pytest arguments they are skipped) ---------------
+if [ $# -eq 0 ] || [ "${STATIC_CHECKS:-0}" = 1 ]; then
+  say "static checks: ruff, ruff format --check, lint-imports, mypy"
+  bash scripts/check.sh
+fi
+
 # --- 2. system packages ---------------------------------------------------------------------------
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
 missing=()

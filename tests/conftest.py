@@ -111,7 +111,7 @@ def seeded(db: Any) -> dict[str, Any]:
     """The demo registry: three stacks, pages (content-first) and groups (split 60/40)."""
     from django.core.management import call_command
 
-    from controlplane.models import RankingStack, Surface
+    from controlplane.core.models import RankingStack, Surface
 
     call_command("seed_demo", "--no-users", verbosity=0)
     return {

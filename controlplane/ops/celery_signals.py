@@ -12,9 +12,9 @@ from typing import Any
 import structlog
 from celery import signals
 
-from controlplane import telemetry
+from controlplane.core import telemetry
 
-HEARTBEAT_TASK = "controlplane.tasks.heartbeat"
+HEARTBEAT_TASK = "controlplane.core.tasks.heartbeat"
 _started: dict[str, float] = {}
 # The log context around a task (an eager task runs inside a web request): restored after it.
 _outer_context: dict[str, dict[str, Any]] = {}

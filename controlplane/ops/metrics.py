@@ -1,4 +1,4 @@
-"""``/metrics``: the in-code counters (``controlplane.telemetry``) plus gauges read from the database.
+"""``/metrics``: the in-code counters (``controlplane.core.telemetry``) plus gauges read from the database.
 
 The gauges are computed when Prometheus scrapes, from a few indexed, grouped queries, so they
 are right whichever process changed the rows:
@@ -33,7 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controlplane.permissions import OPERATOR, has_role
+from controlplane.core.permissions import OPERATOR, has_role
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from controlplane import telemetry
+from controlplane.core import telemetry
 from controlplane.ops import logs
 
 REQUEST_ID_HEADER = "X-Request-ID"

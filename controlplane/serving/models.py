@@ -1,8 +1,9 @@
 """Serving logs: per-request latency samples, counterfactual impression logs and shadow parity.
 
-Rows are narrow and append-only. Exposures (the first time a unit is served under an allocation
-salt) live in ``experiments.Exposure`` because the analysis owns that table's meaning; this app
-writes it through ``INSERT … ON CONFLICT DO NOTHING``.
+Serving owns the logs a rank request (or a serving fleet's ingested batch) writes: exposures (the
+first time a unit is served under an allocation salt), latency samples, served impressions, shadow
+comparisons, and the ingest batches that make re-sent batches idempotent. Rows are narrow and
+append-only. The analysis (``experiments``) reads them through ``controlplane.serving.selectors``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class LatencySample(models.Model):
     error = models.CharField(max_length=200, blank=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.ROUTER)
     batch = models.ForeignKey(
-        "experiments.IngestBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "serving.IngestBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
     class Meta:
@@ -154,3 +155,65 @@ class ShadowParityDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.surface_id} {self.shadow_stack} {self.day}"
+
+
+class IngestBatch(models.Model):
+    """A client batch: its id makes a re-sent batch idempotent; its errors name the bad rows."""
+
+    class Kind(models.TextChoices):
+        METRIC_ROWS = "metric_rows", "Metric rows"
+        EVENTS = "events", "Engagement events"
+        EXPOSURES = "exposures", "Exposures"
+        LATENCY = "latency", "Latency samples"
+
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "Accepted"
+        PARTIAL = "partial", "Partially accepted"
+        REJECTED = "rejected", "Rejected"
+
+    client_batch_id = models.CharField(max_length=128)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    received = models.PositiveIntegerField()
+    accepted = models.PositiveIntegerField()
+    rejected = models.PositiveIntegerField()
+    errors = models.JSONField(default=list, blank=True, help_text="[{row, field, message}] for rejected rows")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "experiments_ingestbatch"  # the table predates the layering; state-only move
+        constraints = [models.UniqueConstraint(fields=["kind", "client_batch_id"], name="ingest_batch_once")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.client_batch_id}"
+
+
+class Exposure(models.Model):
+    """The first time a unit was served under an allocation salt on a surface (one row per unit)."""
+
+    surface = models.ForeignKey("controlplane.Surface", on_delete=models.CASCADE, related_name="exposures")
+    salt = models.CharField(
+        max_length=64, help_text="Allocation salt: identifies the experiment's assignment"
+    )
+    unit_id = models.CharField(max_length=128)
+    arm = models.CharField(max_length=10)  # holdout / control / treatment
+    population = models.CharField(max_length=20)  # content_first / interest_first
+    stack = models.CharField(max_length=100, help_text="Stack label that served the first request")
+    allocation_version = models.PositiveIntegerField()
+    # The unit's assignment bucket under the salt, in [0, 10000). The analysis uses it to keep only
+    # units whose arm never changed since their first exposure (a monotone ramp moves control
+    # buckets into treatment; see experiments/analysis.py, "Crossover"). Null for exposures
+    # recorded before buckets were stored: those are kept as first exposed.
+    bucket = models.PositiveSmallIntegerField(null=True, blank=True)
+    first_exposed_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "experiments_exposure"  # the table predates the layering; state-only move
+        constraints = [
+            models.UniqueConstraint(fields=["surface", "salt", "unit_id"], name="exposure_unit_once")
+        ]
+        indexes = [models.Index(fields=["surface", "salt", "arm"], name="exposure_arm_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.surface_id}/{self.unit_id}:{self.arm}"

@@ -2,7 +2,7 @@
 
 Route cache
 -----------
-A surface's :class:`~controlplane.assignment.AllocationConfig`, its stacks' kinds and timeouts
+A surface's :class:`~controlplane.core.assignment.AllocationConfig`, its stacks' kinds and timeouts
 and its fallback stack are cached per process, keyed by the surface. Each request re-validates
 the entry with one indexed query (surface id, production stack, ``updated_at`` and the id of the
 newest allocation) at most every ``SERVING_CONFIG_TTL_S`` seconds (default 1 s; 0 under pytest
@@ -37,10 +37,10 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
-from controlplane.assignment import AllocationConfig
-from controlplane.errors import ApplicationError
-from controlplane.models import Allocation, RankingStack, Surface
-from controlplane.selectors import allocation_config, allocation_current
+from controlplane.core.assignment import AllocationConfig
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import Allocation, RankingStack, Surface
+from controlplane.core.selectors import allocation_config, allocation_current
 from controlplane.serving.bulk import insert_rows
 from controlplane.serving.stacks import setting
 
@@ -219,8 +219,7 @@ class LogBuffer:
 
     # -- writers ----------------------------------------------------------------------------------
     def flush(self) -> int:
-        from controlplane.serving.models import LatencySample, ServedImpression
-        from experiments.models import Exposure
+        from controlplane.serving.models import Exposure, LatencySample, ServedImpression
 
         with self._lock:
             exposures, self._exposures = self._exposures, []

@@ -1,4 +1,5 @@
-"""Serving reads: shadow parity per day, serving health, latency samples per arm, IPS evaluation."""
+"""Serving reads: the logs a rank request writes (exposures, latency samples), shadow parity per day,
+serving health, latency samples per arm, IPS evaluation. The analysis reads serving's logs only here."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 
-from controlplane.models import Surface
+from controlplane.core.models import Surface
 from controlplane.serving.counterfactual import ips_value, position_bias
-from controlplane.serving.models import LatencySample, ServedImpression, ShadowParityDaily
+from controlplane.serving.models import Exposure, LatencySample, ServedImpression, ShadowParityDaily
 
 PARITY_FIELDS = (
     "n",
@@ -27,6 +28,35 @@ PARITY_FIELDS = (
     "shadow_p50_ms",
     "shadow_p99_ms",
 )
+
+
+#: Tables of serving's logs, for the analysis' aggregate SQL (joined where the rows live).
+EXPOSURE_TABLE: str = Exposure._meta.db_table
+LATENCY_TABLE: str = LatencySample._meta.db_table
+
+
+def exposures(
+    *, surface_id: int, salt: str, arms: tuple[str, ...] = ("control", "treatment"), before: dt.datetime
+) -> QuerySet[Exposure]:
+    """First exposures of units under an allocation salt, in the given arms, before a time."""
+    return Exposure.objects.filter(
+        surface_id=surface_id, salt=salt, arm__in=arms, first_exposed_at__lt=before
+    )
+
+
+def latency_rows(
+    *,
+    surface_id: int,
+    salt: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    fields: tuple[str, ...] = ("arm", "population", "ms"),
+    arms: tuple[str, ...] = ("control", "treatment"),
+) -> QuerySet[LatencySample, tuple[Any, ...]]:
+    """Latency samples served under a salt in ``[start, end)``, as ``values_list(*fields)``."""
+    return LatencySample.objects.filter(
+        surface_id=surface_id, salt=salt, arm__in=arms, ts__gte=start, ts__lt=end
+    ).values_list(*fields)
 
 
 def _surface_of(surface: Surface | str) -> Surface:
@@ -132,7 +162,7 @@ def counterfactual_report(
     the item-position IPS estimator (:func:`controlplane.serving.counterfactual.ips_value`). The
     logged policy's own observed value (mean reward per request) is reported beside it.
     """
-    from controlplane.models import RankingStack
+    from controlplane.core.models import RankingStack
     from controlplane.serving.services import _rank_request_object
     from controlplane.serving.stacks import stack_registry, world_user
 

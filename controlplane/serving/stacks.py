@@ -39,7 +39,7 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from controlplane.assignment import unit_key
+from controlplane.core.assignment import unit_key
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,4 @@ urlpatterns = [
         apis.CounterfactualApi.as_view(),
         name="serving-counterfactual",
     ),
-    path("api/v1/ingest/metric-rows/", apis.IngestMetricRowsApi.as_view(), name="ingest-metric-rows"),
-    path("api/v1/ingest/events/", apis.IngestEventsApi.as_view(), name="ingest-events"),
-    path("api/v1/ingest/exposures/", apis.IngestExposuresApi.as_view(), name="ingest-exposures"),
-    path("api/v1/ingest/latency/", apis.IngestLatencyApi.as_view(), name="ingest-latency"),
-    path(
-        "api/v1/ingest/batches/<slug:kind>/<str:client_batch_id>/",
-        apis.IngestBatchDetailApi.as_view(),
-        name="ingest-batch-detail",
-    ),
 ]

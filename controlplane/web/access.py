@@ -1,4 +1,4 @@
-"""Who may see and do what on the pages. The same role checks as the API (controlplane.permissions):
+"""Who may see and do what on the pages. The same role checks as the API (controlplane.core.permissions):
 a page may hide a button, but every action view checks the role again on the server."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
-from controlplane.permissions import OPERATOR, VIEWER, has_role
+from controlplane.core.permissions import OPERATOR, VIEWER, has_role
 
 View = Callable[..., HttpResponse]
 

@@ -15,8 +15,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from controlplane import selectors as core_selectors
-from controlplane.models import Surface
+from controlplane.core import selectors as core_selectors
+from controlplane.core.models import Surface
 from controlplane.web import charts
 from controlplane.web.access import viewer_required
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from controlplane.errors import ApplicationError
+from controlplane.core.errors import ApplicationError
 
 REASON_HELP = "Recorded in the audit log with your name."
 

@@ -20,11 +20,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from controlplane import selectors as core_selectors
-from controlplane.assignment import BUCKETS
-from controlplane.errors import ApplicationError
-from controlplane.models import RankingStack, Surface
-from controlplane.permissions import APPROVER, OPERATOR, has_role
+from controlplane.core import selectors as core_selectors
+from controlplane.core.assignment import BUCKETS
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import RankingStack, Surface
+from controlplane.core.permissions import APPROVER, OPERATOR, has_role
 from controlplane.web import charts
 from controlplane.web.access import require_role, viewer_required
 from controlplane.web.forms import ReasonForm, form_apply_error

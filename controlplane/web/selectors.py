@@ -1,6 +1,6 @@
 """Read models the pages show, composed from the core selectors (no writes, no business rules).
 
-The API and the pages read the same rows through ``controlplane.selectors``; this module only
+The API and the pages read the same rows through ``controlplane.core.selectors``; this module only
 shapes them for templates (a surfaces × stacks matrix, progress figures, audit filter choices).
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from controlplane import selectors
-from controlplane.assignment import BUCKETS
-from controlplane.models import Allocation, AuditEvent, RankingStack, Surface
+from controlplane.core import selectors
+from controlplane.core.assignment import BUCKETS
+from controlplane.core.models import Allocation, AuditEvent, RankingStack, Surface
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from controlplane import selectors, services
-from controlplane.assignment import BUCKETS
-from controlplane.errors import ApplicationError
-from controlplane.models import RankingStack, Surface
-from controlplane.permissions import OPERATOR, has_role
+from controlplane.core import selectors, services
+from controlplane.core.assignment import BUCKETS
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import RankingStack, Surface
+from controlplane.core.permissions import OPERATOR, has_role
 from controlplane.web import charts
 from controlplane.web import selectors as web_selectors
 from controlplane.web.access import require_role, viewer_required

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 def backfill_buckets(apps, schema_editor):
     """Existing exposures get the bucket their unit had under the salt (assignment is pure)."""
-    from controlplane.assignment import AssignmentError, bucket
+    from controlplane.core.assignment import AssignmentError, bucket
 
     Exposure = apps.get_model("experiments", "Exposure")
     batch = []

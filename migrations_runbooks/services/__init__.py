@@ -12,7 +12,7 @@ State machine::
     live ──rollback──▶ rolled_back;  non-terminal ──abort──▶ aborted
 
 Every transition is one transaction: the runbook row is locked, the allocation version it implies
-is published with ``controlplane.services.allocation_change`` (so the version bumps atomically with
+is published with ``controlplane.core.services.allocation_change`` (so the version bumps atomically with
 the transition), an audit event is written, and webhooks are queued to send after the commit.
 Every service takes ``now`` so a simulated clock can drive a whole runbook.
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import datetime as dt  # noqa: F401  (callers build ``now`` with ``services.dt``)
 
-from controlplane.services import audit_record  # noqa: F401  (the patch point of every audit write: _base.audit)
+from controlplane.core.services import audit_record  # noqa: F401  (the patch point of every audit write: _base.audit)
 from migrations_runbooks.services._base import DAY, HOUR, SYSTEM_BEAT, operator_action, save_transition
 from migrations_runbooks.services.actions import (
     runbook_abort,

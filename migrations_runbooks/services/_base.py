@@ -16,9 +16,9 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.permissions import OPERATOR, has_role
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.permissions import OPERATOR, has_role
+from controlplane.core.services import Actor
 from migrations_runbooks.models import Runbook
 
 SYSTEM_BEAT = "system:beat"
@@ -30,7 +30,7 @@ NOT_TERMINAL = tuple(s for s in Runbook.Status.values if s not in Runbook.TERMIN
 
 
 def audit(**kwargs: Any) -> Any:
-    """``controlplane.services.audit_record``, looked up on the package at call time.
+    """``controlplane.core.services.audit_record``, looked up on the package at call time.
 
     ``migrations_runbooks.services.audit_record`` stays the one name to wrap every runbook audit
     write by (tests/runbooks/test_concurrency.py stalls a sweeper mid-transition that way).

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from controlplane.errors import ApplicationError
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError
+from controlplane.core.services import Actor
 from migrations_runbooks.models import Approval, Runbook, StepEvaluation
 from migrations_runbooks.services._base import (
     NOT_TERMINAL,

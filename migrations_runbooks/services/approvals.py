@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.permissions import APPROVER
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.permissions import APPROVER
+from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks.models import Approval, Runbook
 from migrations_runbooks.notifications import notify
 from migrations_runbooks.services._base import (
@@ -36,8 +39,7 @@ def _request_approval(
     if existing is not None and existing.kind == kind and existing.step_index == step_index:
         return existing
     if existing is not None:
-        existing.status, existing.decided_at = Approval.Status.CANCELLED, now
-        existing.save(update_fields=["status", "decided_at"])
+        model_update(instance=existing, data={"status": Approval.Status.CANCELLED, "decided_at": now})
     approval = Approval.objects.create(
         runbook=rb,
         kind=kind,
@@ -79,9 +81,9 @@ def _open_approval(rb: Runbook) -> Approval | None:
 
 def _locked_decision(
     runbook: Runbook, *, actor: Actor, reason: str, statuses: tuple[str, ...], refusal: str
-) -> tuple[Runbook, Approval, str]:
+) -> tuple[Runbook, Approval, str, AbstractBaseUser | AnonymousUser]:
     """The frame of a decision: a reason, a person with the approver role, the runbook row and its
-    open approval (in ``statuses``) locked. Raises when there is none to decide."""
+    open approval (in ``statuses``) locked. Raises when there is none to decide. Returns the person."""
     reason = _require_reason(reason)
     if isinstance(actor, str) or actor is None:
         raise ApplicationError(refusal, code="permission_denied", http_status=403)
@@ -90,7 +92,7 @@ def _locked_decision(
     approval = rb.approvals.select_for_update().filter(status__in=statuses).first()
     if approval is None:
         raise ConflictError(f"runbook {rb.pk} has no approval waiting")
-    return rb, approval, reason
+    return rb, approval, reason, actor
 
 
 def _decide(approval: Approval, status: str, *, actor: Actor, reason: str, now: dt.datetime) -> None:
@@ -106,7 +108,7 @@ def _decide(approval: Approval, status: str, *, actor: Actor, reason: str, now: 
 @transaction.atomic
 def runbook_approve(*, runbook: Runbook, actor: Actor, reason: str, now: dt.datetime) -> Approval:
     """Grant the open approval. Four-eyes: an approver who neither requested nor started the runbook."""
-    rb, approval, reason = _locked_decision(
+    rb, approval, reason, person = _locked_decision(
         runbook,
         actor=actor,
         reason=reason,
@@ -115,7 +117,7 @@ def runbook_approve(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
     )
     if approval.status == Approval.Status.APPROVED:
         return approval
-    if approval.requested_by_id == actor.pk or rb.started_by_id == actor.pk:
+    if approval.requested_by_id == person.pk or rb.started_by_id == person.pk:
         raise ApplicationError(
             "four-eyes: the approver must be someone other than the operator who requested or started this runbook",
             code="four_eyes",
@@ -123,11 +125,17 @@ def runbook_approve(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
         )
     _decide(approval, Approval.Status.APPROVED, actor=actor, reason=reason, now=now)
     # The grant does not move traffic by itself: the next tick re-checks the gates on fresh analysis.
-    rb.next_check_at = now
-    if rb.status == Runbook.Status.WAITING_APPROVAL:
-        rb.status_reason = f"approved by {actor.get_username()}: {reason}; applying on the next check"
-    rb.updated_at = now
-    rb.save(update_fields=["next_check_at", "status_reason", "updated_at"])
+    model_update(
+        instance=rb,
+        data={
+            "next_check_at": now,
+            "status_reason": f"approved by {person.get_username()}: {reason}; applying on the next check"
+            if rb.status == Runbook.Status.WAITING_APPROVAL
+            else rb.status_reason,
+        },
+        now=now,
+        force=["updated_at"],
+    )
     audit(
         actor=actor,
         verb="approval.approve",
@@ -143,7 +151,7 @@ def runbook_approve(*, runbook: Runbook, actor: Actor, reason: str, now: dt.date
 @transaction.atomic
 def runbook_reject(*, runbook: Runbook, actor: Actor, reason: str, now: dt.datetime) -> Approval:
     """Refuse the open approval: the runbook stays on its step, held, with the reason."""
-    rb, approval, reason = _locked_decision(
+    rb, approval, reason, person = _locked_decision(
         runbook,
         actor=actor,
         reason=reason,
@@ -155,7 +163,7 @@ def runbook_reject(*, runbook: Runbook, actor: Actor, reason: str, now: dt.datet
     rb.pending_step = None
     if rb.status == Runbook.Status.WAITING_APPROVAL:
         rb.status = Runbook.Status.HELD
-    rb.status_reason = f"approval rejected by {actor.get_username()}: {reason}"
+    rb.status_reason = f"approval rejected by {person.get_username()}: {reason}"
     rb.updated_at = now
     rb.save()
     audit(

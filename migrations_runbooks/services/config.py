@@ -8,10 +8,11 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError
-from controlplane.models import RankingStack
-from controlplane.permissions import OPERATOR
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import RankingStack
+from controlplane.core.permissions import OPERATOR
+from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks.models import CapacityConfig, Milestone, WebhookEndpoint
 from migrations_runbooks.services._base import _require_role, audit
 
@@ -40,10 +41,7 @@ def milestone_upsert(
     milestone, created = Milestone.objects.get_or_create(key=key, defaults={**values, "created_at": now})
     if created:
         audit(actor=actor, verb="milestone.create", target=milestone, after={"name": name}, now=now)
-    elif any(getattr(milestone, k) != v for k, v in values.items()):
-        for k, v in values.items():
-            setattr(milestone, k, v)
-        milestone.save()
+    elif model_update(instance=milestone, data=values, now=now)[1]:
         audit(actor=actor, verb="milestone.update", target=milestone, after={"name": name}, now=now)
     return milestone
 
@@ -77,10 +75,7 @@ def capacity_config_update(*, actor: Actor, now: dt.datetime, reason: str, **val
         key="default", defaults={"updated_at": now}
     )
     before = {k: getattr(config, k) for k in allowed}
-    for k, v in values.items():
-        setattr(config, k, v)
-    config.updated_at = now
-    config.save()
+    model_update(instance=config, data=values, now=now, force=["updated_at"])
     after = {k: getattr(config, k) for k in allowed}
     if before != after:
         audit(

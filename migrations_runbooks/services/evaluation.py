@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane import telemetry
-from controlplane.models import SurfacePopulation
-from controlplane.services import Actor
+from controlplane.core import telemetry
+from controlplane.core.models import SurfacePopulation
+from controlplane.core.services import Actor
 from migrations_runbooks import capacity, gates
+from migrations_runbooks.gates import Gate
 from migrations_runbooks.models import GateResult, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.services._base import SYSTEM_BEAT, _label
 
@@ -97,7 +98,7 @@ class Evaluation:
         *,
         reason: str,
         now: dt.datetime,
-        extra: Sequence[gates.Gate] = (),
+        extra: Sequence[Gate] = (),
         actor: Actor = SYSTEM_BEAT,
     ) -> StepEvaluation | None:
         """Record this look (its gates plus ``extra`` ones) as ``outcome``; see :func:`_record_evaluation`."""

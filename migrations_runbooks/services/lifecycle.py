@@ -8,10 +8,11 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import RankingStack, Surface
-from controlplane.permissions import OPERATOR
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import RankingStack, Surface
+from controlplane.core.permissions import OPERATOR
+from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks.models import Milestone, RampStep, Runbook, RunbookTemplate, StepEvaluation
 from migrations_runbooks.services._base import (
     DAY,
@@ -102,11 +103,8 @@ def runbook_update_steps(
     before = [step_spec(s) for s in existing]
     RampStep.objects.filter(runbook=rb, index__gte=len(keep)).delete()
     RampStep.objects.bulk_create(_step_rows(rb, specs[len(keep) :], start_index=len(keep)))
-    if rb.pending_step is not None and rb.pending_step >= len(specs):
-        rb.pending_step = None
-    rb.updated_at = now
-    rb.plan_version += 1
-    rb.save(update_fields=["pending_step", "updated_at", "plan_version"])
+    pending = None if rb.pending_step is not None and rb.pending_step >= len(specs) else rb.pending_step
+    model_update(instance=rb, data={"pending_step": pending, "plan_version": rb.plan_version + 1}, now=now)
     audit(
         actor=actor,
         verb="runbook.steps",

@@ -8,9 +8,9 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane.errors import ApplicationError
-from controlplane.permissions import OPERATOR
-from controlplane.services import Actor
+from controlplane.core.errors import ApplicationError
+from controlplane.core.permissions import OPERATOR
+from controlplane.core.services import Actor
 from migrations_runbooks import gates
 from migrations_runbooks.models import RampStep, Runbook, RunbookTemplate
 from migrations_runbooks.services._base import DAY, _require_role, audit

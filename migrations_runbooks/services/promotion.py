@@ -6,10 +6,11 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controlplane import services as core
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import RankingStack, Surface, SurfacePopulation
-from controlplane.services import Actor
+from controlplane.core import services as core
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import RankingStack, Surface, SurfacePopulation
+from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.notifications import notify
@@ -86,8 +87,7 @@ def _promote(
             )
             retired.append(stack.label)
     if approval is not None:
-        approval.status = Approval.Status.CONSUMED
-        approval.save(update_fields=["status"])
+        model_update(instance=approval, data={"status": Approval.Status.CONSUMED})
     RampStep.objects.filter(runbook=rb, index=rb.current_step).update(completed_at=now)
     save_finished(
         rb,

@@ -11,8 +11,9 @@ from typing import Any
 
 from django.db import transaction
 
-from controlplane import telemetry
-from controlplane.services import Actor
+from controlplane.core import telemetry
+from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.notifications import notify
@@ -149,8 +150,7 @@ def _tick_scheduled(rb: Runbook, now: dt.datetime) -> tuple[str, str]:
     ok, why = dependency_status(rb, now)
     if not ok:
         _record_evaluation(rb, None, [], outcome=StepEvaluation.Outcome.BLOCKED, reason=why, now=now)
-        rb.status_reason = f"waiting on dependency: {why}"
-        rb.save(update_fields=["status_reason"])
+        model_update(instance=rb, data={"status_reason": f"waiting on dependency: {why}"}, now=now)
         return StepEvaluation.Outcome.BLOCKED, why
     if Runbook.objects.filter(surface=rb.surface, status__in=Runbook.LIVE).exclude(pk=rb.pk).exists():
         why = f"{rb.surface.key} has another live runbook"
@@ -242,8 +242,7 @@ def _tick_live(rb: Runbook, now: dt.datetime) -> tuple[str, str]:
             return _still_waiting(
                 rb, step, ev, reason=f"waiting for approval of {next_step.name}", now=now, extra=[cap_gate]
             )
-        approval.status = Approval.Status.CONSUMED
-        approval.save(update_fields=["status"])
+        model_update(instance=approval, data={"status": Approval.Status.CONSUMED})
     ev.record(rb, step, Outcome.ADVANCE, reason=f"{reason} → {next_step.name}", now=now, extra=[cap_gate])
     _enter_step(
         rb,

@@ -6,9 +6,10 @@ import datetime as dt
 import secrets
 from typing import Any
 
-from controlplane import services as core
-from controlplane.errors import ConflictError
-from controlplane.services import Actor
+from controlplane.core import services as core
+from controlplane.core.errors import ConflictError
+from controlplane.core.services import Actor
+from controlplane.core.updates import model_update
 from migrations_runbooks import capacity, gates
 from migrations_runbooks.models import RampStep, Runbook
 from migrations_runbooks.notifications import notify
@@ -73,8 +74,7 @@ def _enter_step(
         and any(gates.needs_analysis(s.gates or {}) for s in steps)
     ):
         rb.experiment_key = gates.experiment_attach(runbook=rb, actor=actor, now=now)
-    step.started_at, step.completed_at = now, None
-    step.save(update_fields=["started_at", "completed_at"])
+    model_update(instance=step, data={"started_at": now, "completed_at": None})
     if rb.ship_decision and index <= int(rb.ship_decision.get("step_index", -1)):
         rb.ship_decision = None  # back at (or before) the decision step: the decision is taken again
     rb.current_step, rb.step_started_at, rb.pending_step = index, now, None

@@ -54,8 +54,8 @@ def fit_logistic(
     y2 = y.reshape(len(y), -1).astype(np.float32)
     model = LogisticActions(x.shape[1], y2.shape[1])
     mean, std = x.mean(0), x.std(0)
-    model.mean.copy_(torch.from_numpy(mean.astype(np.float32)))  # type: ignore[operator]
-    model.std.copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std).astype(np.float32)))  # type: ignore[operator]
+    model.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+    model.std.copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std).astype(np.float32)))
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y2)
     wt = None if weights is None else torch.from_numpy(weights.astype(np.float32))[:, None]
     # Start the bias at the base rate so rare actions (reports) converge in few iterations.
@@ -203,8 +203,8 @@ class MTLModel(nn.Module):
             raise ValueError(f"unknown architecture {cfg.architecture!r}")
 
     def set_dense_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.dense_mean.copy_(torch.from_numpy(mean.astype(np.float32)))  # type: ignore[operator]
-        self.dense_std.copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std).astype(np.float32)))  # type: ignore[operator]
+        self.dense_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+        self.dense_std.copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std).astype(np.float32)))
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         parts = [emb(sparse[:, k]) for k, emb in enumerate(self.embs)]

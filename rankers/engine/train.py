@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
-def summarize(metrics: dict) -> str:
+def summarize(metrics: dict[str, Any]) -> str:
     lines = [f"world: {json.dumps(metrics['world'])}"]
     rows = [["head", "AUC", "log loss", "calib (pred/obs)", "ECE"]]
     for head, r in metrics["heads"].items():

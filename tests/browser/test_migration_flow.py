@@ -13,7 +13,7 @@ from django.utils import timezone
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
-from controlplane.selectors import allocation_current
+from controlplane.core.selectors import allocation_current
 from migrations_runbooks import services as rb_services
 from migrations_runbooks.models import Runbook
 from tests.browser.conftest import NARROW, login, snap

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from controlplane.models import Allocation
+from controlplane.core.models import Allocation
 from tests.browser.conftest import NARROW, login, snap
 from tests.conftest import PASSWORD
 

@@ -11,7 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from controlplane.assignment import AllocationConfig, bucket
+from controlplane.core.assignment import AllocationConfig, bucket
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 VECTORS = CONTRACTS / "assignment-vectors.v1.json"

@@ -17,8 +17,8 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
 
-from controlplane.assignment import ARM_NAMES, AllocationConfig
-from controlplane.openfeature_provider import AllocationConfigProvider, FetchResult, parse_document
+from controlplane.core.assignment import ARM_NAMES, AllocationConfig
+from controlplane.core.openfeature_provider import AllocationConfigProvider, FetchResult, parse_document
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
 
@@ -121,7 +121,7 @@ def test_provider_refreshes_with_if_none_match_against_the_live_api(
 ):
     from rest_framework.authtoken.models import Token
 
-    from controlplane.services import allocation_change
+    from controlplane.core.services import allocation_change
 
     token = Token.objects.create(user=users["viewer"]).key
     url = f"{live_server.url}/api/v1/config/allocations/"
@@ -174,7 +174,5 @@ def test_provider_refreshes_with_if_none_match_against_the_live_api(
 
 
 def test_the_provider_imports_without_django():
-    code = (
-        "import sys, controlplane.openfeature_provider; assert 'django' not in sys.modules, 'django loaded'"
-    )
+    code = "import sys, controlplane.core.openfeature_provider; assert 'django' not in sys.modules, 'django loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

@@ -11,7 +11,7 @@ import scipy.stats
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane.assignment import (
+from controlplane.core.assignment import (
     ARM_HOLDOUT,
     ARM_TREATMENT,
     BUCKETS,
@@ -176,5 +176,5 @@ def test_live_shares_add_to_one():
 
 
 def test_assignment_imports_without_django():
-    code = "import sys, controlplane.assignment; assert 'django' not in sys.modules, 'django loaded'"
+    code = "import sys, controlplane.core.assignment; assert 'django' not in sys.modules, 'django loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,12 +9,12 @@ import pytest
 
 @pytest.mark.redis
 def test_heartbeat_round_trip_through_worker_on_redis(celery_app_on_redis, celery_worker_process, seeded):
-    from controlplane.tasks import heartbeat
+    from controlplane.core.tasks import heartbeat
 
     result = heartbeat.delay()
     stamped = dt.datetime.fromisoformat(result.get(timeout=60))
     assert stamped.tzinfo is not None
-    assert "controlplane.tasks.heartbeat" in celery_worker_process.log()
+    assert "controlplane.core.tasks.heartbeat" in celery_worker_process.log()
 
 
 def test_celery_defaults_follow_the_style_guide():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from controlplane import services
-from controlplane.models import Allocation, AuditEvent, RankingStack
+from controlplane.core import services
+from controlplane.core.models import Allocation, AuditEvent, RankingStack
 
 pytestmark = [pytest.mark.django_db, pytest.mark.sqlite_path]
 
@@ -45,7 +45,7 @@ def test_allocation_change_bumps_version_audits_and_is_idempotent(seeded, users)
 
 
 def test_allocation_change_refuses_bad_input_naming_the_field(seeded, users):
-    from controlplane.errors import ApplicationError
+    from controlplane.core.errors import ApplicationError
 
     with pytest.raises(ApplicationError) as exc:
         services.allocation_change(
@@ -81,8 +81,8 @@ def test_published_config_etag_and_304(seeded, users, api_client_for):
 
 
 def test_fleet_assigns_locally_like_the_router(seeded, users, api_client_for):
-    from controlplane.assignment import AllocationConfig
-    from controlplane.selectors import allocation_config, allocation_current
+    from controlplane.core.assignment import AllocationConfig
+    from controlplane.core.selectors import allocation_config, allocation_current
 
     services.allocation_change(
         surface=seeded["groups"],

@@ -14,7 +14,7 @@ NOW = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)
 @pytest.fixture
 def ramped(seeded: dict[str, Any]) -> dict[str, Any]:
     """groups (content-first 60 % / interest-first 40 %) with 50 % of units on unified-mtl@1."""
-    from controlplane.services import allocation_change
+    from controlplane.core.services import allocation_change
 
     allocation = allocation_change(
         surface=seeded["groups"],

@@ -84,8 +84,9 @@ def populate(
     """Write exposures, metric rows (window + one pre-period day) and latency samples."""
     from django.apps import apps
 
-    from controlplane.selectors import allocation_config
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.core.selectors import allocation_config
+    from controlplane.serving.models import Exposure
+    from experiments.models import MetricObservation
 
     rng = np.random.default_rng(seed)
     config = allocation_config(allocation)

@@ -37,7 +37,7 @@ def _per_unit(surface_id: int, start: dt.date, end: dt.date) -> dict[str, dict[s
 
 def _reference(ramped: dict[str, Any], as_of: dt.date) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """Per (arm, population): per-unit arrays of window and pre-period sums (zeros when no rows)."""
-    from experiments.models import Exposure
+    from controlplane.serving.models import Exposure
 
     window = _per_unit(ramped["groups"].pk, WINDOW_START, as_of)
     pre = _per_unit(ramped["groups"].pk, PRE_DAY - dt.timedelta(days=13), PRE_DAY)
@@ -67,7 +67,7 @@ def populated(ramped: dict[str, Any]) -> dict[str, Any]:
         latency_per_unit_day=0,
     )
     # Units exposed but without any metric row count as zeros.
-    from experiments.models import Exposure
+    from controlplane.serving.models import Exposure
 
     Exposure.objects.create(
         surface=ramped["groups"],
@@ -134,7 +134,7 @@ def test_per_day_rows_add_and_respect_as_of(populated: dict[str, Any]) -> None:
     """Rows are per first-exposure day: disjoint units, so they add; later cohorts drop out before they exist."""
     from django.db import connection
 
-    from experiments.models import Exposure
+    from controlplane.serving.models import Exposure
 
     full = aggregation.run_query(_spec(populated, WINDOW_START + dt.timedelta(days=2)), connection)
     days = {r["day"] for r in full}

@@ -48,10 +48,11 @@ def test_stable_filter_sql_is_portable_and_parameterised() -> None:
 
 def _world(seeded: dict[str, Any], effect: float, seed: int) -> Any:
     """Units arrive over DAYS days while the ramp widens; per-day time spent, ×(1+effect) when treated."""
-    from controlplane.assignment import AllocationConfig
-    from controlplane.selectors import allocation_config
-    from controlplane.services import allocation_change
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.core.assignment import AllocationConfig
+    from controlplane.core.selectors import allocation_config
+    from controlplane.core.services import allocation_change
+    from controlplane.serving.models import Exposure
+    from experiments.models import MetricObservation
     from experiments.services import experiment_create, metric_definitions_ensure_standard
 
     surface = seeded["groups"]

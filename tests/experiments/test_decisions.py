@@ -48,7 +48,7 @@ def _metric(run: Any, key: str, population: str = "pooled") -> dict[str, Any]:
 def test_neutral_change_ships_and_the_decision_keeps_a_frozen_readout(
     ramped: dict[str, Any], experiment: Any
 ) -> None:
-    from controlplane.models import AuditEvent
+    from controlplane.core.models import AuditEvent
     from experiments.models import Decision, Experiment
     from experiments.services import experiment_decide
 
@@ -131,7 +131,7 @@ def test_underpowered_run_says_extend_with_days_needed(ramped: dict[str, Any], e
 
 
 def test_srm_holds_the_decision(ramped: dict[str, Any], experiment: Any) -> None:
-    from experiments.models import Exposure
+    from controlplane.serving.models import Exposure
 
     populate(
         surface=ramped["groups"],

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.errors import ApplicationError, ConflictError
+from controlplane.core.errors import ApplicationError, ConflictError
 from tests.experiments.conftest import NOW, WINDOW_START
 
 pytestmark = [pytest.mark.django_db, pytest.mark.sqlite_path]
@@ -130,7 +130,7 @@ def test_inline_metric_definitions_are_created(ramped: dict[str, Any]) -> None:
 
 
 def test_running_design_is_locked_and_changes_are_audited_with_a_reason(ramped: dict[str, Any]) -> None:
-    from controlplane.models import AuditEvent
+    from controlplane.core.models import AuditEvent
     from experiments.services import experiment_start, experiment_update_design
 
     experiment = _create(ramped, [PRIMARY])

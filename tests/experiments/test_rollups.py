@@ -176,7 +176,8 @@ def test_a_second_refresh_with_nothing_new_folds_nothing(design: Any) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_late_row_on_a_folded_day_makes_the_analysis_read_the_rows(design: Any) -> None:
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.serving.models import Exposure
+    from experiments.models import MetricObservation
     from experiments.rollups import rollup_refresh
 
     rollup_refresh(experiment=design, now=FOLD_NOW)
@@ -302,7 +303,8 @@ def test_proportions_fold_as_the_largest_value(postgres: None, populated_for_pro
 
 @pytest.fixture
 def populated_for_proportion(ramped: dict[str, Any]) -> aggregation.AggregateSpec:
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.serving.models import Exposure
+    from experiments.models import MetricObservation
 
     surface, allocation = ramped["groups"], ramped["allocation"]
     for unit, arm in (("u0", "treatment"), ("u1", "control"), ("u2", "control")):

@@ -29,9 +29,9 @@ def _small_world() -> Iterator[None]:
 
 
 def test_hides_knob_in_the_world_is_caught_by_the_guardrail(seeded: dict[str, Any]) -> None:
-    from controlplane.services import allocation_change
+    from controlplane.core.services import allocation_change
+    from controlplane.demo.simulator import simulate_traffic
     from controlplane.serving.routing import router_reset
-    from controlplane.serving.services import simulate_traffic
     from experiments.services import experiment_analyze, experiment_create_for_surface
     from rankers.engine.world import Effects
 

@@ -225,7 +225,7 @@ def start_worker(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[...
 # -- runbook state: what a transition writes ----------------------------------------------------------
 def snapshot(runbooks: list[Any]) -> dict[int, dict[str, Any]]:
     """Everything a transition writes, per runbook."""
-    from controlplane.models import Allocation, AuditEvent
+    from controlplane.core.models import Allocation, AuditEvent
     from migrations_runbooks.models import Runbook, StepEvaluation
 
     out = {}
@@ -256,7 +256,7 @@ def snapshot(runbooks: list[Any]) -> dict[int, dict[str, Any]]:
 
 
 def assert_advanced_once(runbooks: list[Any], before: dict[int, dict[str, Any]]) -> None:
-    from controlplane.models import Allocation, AuditEvent
+    from controlplane.core.models import Allocation, AuditEvent
     from migrations_runbooks.models import StepEvaluation
 
     for rb in runbooks:

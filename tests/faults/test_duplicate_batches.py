@@ -73,9 +73,10 @@ def test_duplicate_batches_over_http_count_once(postgres, transactional_db, live
     from django.utils import timezone
     from rest_framework.authtoken.models import Token
 
-    from controlplane.selectors import allocation_config
-    from controlplane.services import allocation_change
-    from experiments.models import IngestBatch, MetricObservation
+    from controlplane.core.selectors import allocation_config
+    from controlplane.core.services import allocation_change
+    from controlplane.serving.models import IngestBatch
+    from experiments.models import MetricObservation
     from experiments.services import experiment_analyze, experiment_create_for_surface
 
     now = timezone.now()

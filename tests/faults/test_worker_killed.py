@@ -75,7 +75,7 @@ def experiment_with_evidence(seeded: dict[str, Any]) -> Any:
     """groups at 50 % unified with one day of evidence for 2000 units (two legacy populations)."""
     from django.utils import timezone
 
-    from controlplane.services import allocation_change
+    from controlplane.core.services import allocation_change
     from experiments.services import experiment_create_for_surface
     from tests.runbooks.evidence import synthesize_day
 

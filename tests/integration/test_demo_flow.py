@@ -34,8 +34,8 @@ def wait_for(condition: Any, timeout: float, what: str) -> Any:
 def test_demo_promotes_pages_and_rolls_groups_back(
     postgres, celery_app_on_redis, celery_worker_process, monkeypatch, tmp_path
 ):
-    from controlplane.models import AuditEvent, RankingStack, Surface, SurfacePopulation
-    from controlplane.selectors import allocation_current
+    from controlplane.core.models import AuditEvent, RankingStack, Surface, SurfacePopulation
+    from controlplane.core.selectors import allocation_current
     from experiments.models import Decision
     from migrations_runbooks.models import Notification, Runbook, WebhookEndpoint
 

@@ -82,7 +82,7 @@ def test_audit_events_are_json_log_lines_with_request_context(
     assert event["actor"] == users["operator"].username
     assert event["level"] == "info" and event["timestamp"].endswith("Z")
     # The audit table and the log agree.
-    from controlplane.models import AuditEvent
+    from controlplane.core.models import AuditEvent
 
     assert AuditEvent.objects.get(pk=event["audit_id"]).verb == "runbook.start"
 
@@ -90,7 +90,7 @@ def test_audit_events_are_json_log_lines_with_request_context(
 def test_rolled_back_transactions_log_no_audit_event(seeded, json_log, django_capture_on_commit_callbacks):
     from django.db import transaction
 
-    from controlplane.services import audit_record
+    from controlplane.core.services import audit_record
 
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(RuntimeError), transaction.atomic():

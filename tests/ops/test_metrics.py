@@ -123,7 +123,7 @@ def test_rollback_is_counted_once_committed(
 
 
 def test_analysis_age_and_duration(seeded, users, api_client_for, django_capture_on_commit_callbacks):
-    from controlplane.services import allocation_change
+    from controlplane.core.services import allocation_change
     from experiments.services import experiment_analyze, experiment_create_for_surface, experiment_start
 
     now = timezone.now()
@@ -218,13 +218,13 @@ def test_ingestion_rows_and_rejects_by_reason(
 
 
 def test_celery_task_families_and_heartbeat(users, api_client_for):
-    from controlplane.tasks import heartbeat
+    from controlplane.core.tasks import heartbeat
 
     op = api_client_for(users["operator"])
     before = scrape(op)
     heartbeat.apply()  # runs in this process, through Celery's task signals
     after = scrape(op)
-    name = "controlplane.tasks.heartbeat"
+    name = "controlplane.core.tasks.heartbeat"
     events = "celery_task_events"
     for state in ("started", "succeeded"):
         assert (

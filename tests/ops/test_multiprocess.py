@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = """
-from controlplane import telemetry
+from controlplane.core import telemetry
 telemetry.tick_finished(seconds=0.25)
 telemetry.CELERY_TASK_EVENTS.labels(name="migrations_runbooks.tasks.ramps_tick", state="succeeded").inc()
 telemetry.CELERY_HEARTBEAT.set({beat})

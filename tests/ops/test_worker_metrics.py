@@ -31,10 +31,10 @@ def worker_metrics_port(monkeypatch, tmp_path) -> int:
 def test_worker_serves_task_counts_durations_and_heartbeat(
     worker_metrics_port, celery_app_on_redis, celery_worker_process, seeded
 ):
-    from controlplane.tasks import heartbeat
+    from controlplane.core.tasks import heartbeat
 
     assert heartbeat.delay().get(timeout=60)
-    name = "controlplane.tasks.heartbeat"
+    name = "controlplane.core.tasks.heartbeat"
     deadline = time.monotonic() + 30
     while True:
         with urllib.request.urlopen(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=5) as response:

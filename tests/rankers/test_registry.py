@@ -9,8 +9,8 @@ import shutil
 import pytest
 from django.core.management import call_command
 
-from controlplane.errors import ApplicationError
-from controlplane.models import AuditEvent, RankingStack
+from controlplane.core.errors import ApplicationError
+from controlplane.core.models import AuditEvent, RankingStack
 from rankers.models import TrainedArtifact
 from rankers.services import artifact_register
 

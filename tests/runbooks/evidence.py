@@ -42,10 +42,10 @@ def synthesize_day(
     noise: float = 0.02,
 ) -> dict[str, int]:
     """One day of evidence for ``units`` users of ``surface`` under its current allocation."""
-    from controlplane.models import RankingStack
-    from controlplane.selectors import allocation_config, allocation_current
-    from controlplane.serving.models import LatencySample
-    from experiments.models import Exposure, MetricObservation
+    from controlplane.core.models import RankingStack
+    from controlplane.core.selectors import allocation_config, allocation_current
+    from controlplane.serving.models import Exposure, LatencySample
+    from experiments.models import MetricObservation
 
     allocation = allocation_current(surface=surface)
     config = allocation_config(allocation)

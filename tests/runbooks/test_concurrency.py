@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from controlplane.models import Allocation, AuditEvent, Population
+from controlplane.core.models import Allocation, AuditEvent, Population
 from tests.conftest import ROOT, database_url_for_subprocess
 from tests.runbooks.conftest import DAY, HOUR, T0
 
@@ -58,7 +58,7 @@ def plain_steps(hours: int = 24) -> list[dict]:
 
 
 def make_running(seeded, operator, count: int, *, promotion_needs_approval: bool = False) -> list:
-    from controlplane import services as core
+    from controlplane.core import services as core
     from migrations_runbooks import services
 
     runbooks = []

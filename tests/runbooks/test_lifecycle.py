@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import Allocation, AuditEvent, RankingStack
-from controlplane.selectors import allocation_current
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import Allocation, AuditEvent, RankingStack
+from controlplane.core.selectors import allocation_current
 from migrations_runbooks import services
 from migrations_runbooks.models import Approval, Notification, Runbook, StepEvaluation
 from migrations_runbooks.selectors import runbook_detail

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane import services as core
+from controlplane.core import services as core
 from migrations_runbooks import services
 from migrations_runbooks.selectors import capacity_plan, half_start, program_progress
 from tests.runbooks.conftest import HOUR, T0, analysis_result
@@ -18,7 +18,7 @@ SHORT = [
 
 
 def test_program_progress_after_pages_promotes(seeded, users, scripted_analysis, scripted_parity):
-    from controlplane.models import Allocation
+    from controlplane.core.models import Allocation
 
     # Put the seeded allocations on the simulated timeline (seed_demo stamps them with the real clock).
     Allocation.objects.filter(version=1).update(created_at=T0 - 30 * 24 * HOUR)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.models import AuditEvent, RankingStack
-from controlplane.selectors import allocation_current
+from controlplane.core.models import AuditEvent, RankingStack
+from controlplane.core.selectors import allocation_current
 from experiments.models import AnalysisRun
 from migrations_runbooks import services
 from migrations_runbooks.models import Runbook

@@ -9,8 +9,9 @@ import json
 import pytest
 from django.utils import timezone
 
+from controlplane.serving.models import Exposure, IngestBatch
 from experiments.ingestion import metric_definitions_ensure
-from experiments.models import Exposure, IngestBatch, MetricDefinition, MetricObservation
+from experiments.models import MetricDefinition, MetricObservation
 
 NOW = timezone.now()
 TODAY = NOW.date()
@@ -170,7 +171,7 @@ def test_events_roll_up_into_unit_day_metric_rows(known_units, operator_client):
 
 @pytest.mark.sqlite_path
 def test_exposure_and_latency_batches(known_units, operator_client):
-    from controlplane.selectors import allocation_current
+    from controlplane.core.selectors import allocation_current
     from controlplane.serving.models import LatencySample
     from controlplane.serving.selectors import latency_samples_by_arm
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.serving.models import LatencySample
-from experiments.models import Exposure
+from controlplane.serving.models import Exposure, LatencySample
 
 
 @pytest.mark.postgres

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane import services as registry_services
-from controlplane.serving.models import LatencySample
-from experiments.models import Exposure
+from controlplane.core import services as registry_services
+from controlplane.serving.models import Exposure, LatencySample
 
 pytestmark = pytest.mark.sqlite_path
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from django.utils import timezone
 
-from controlplane import services as registry_services
+from controlplane.core import services as registry_services
 from controlplane.serving.models import ShadowComparison, ShadowParityDaily
 
 

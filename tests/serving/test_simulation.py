@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from controlplane import services as registry_services
-from experiments.models import Exposure, IngestBatch, MetricObservation
+from controlplane.core import services as registry_services
+from controlplane.serving.models import Exposure, IngestBatch
+from experiments.models import MetricObservation
 
 pytestmark = pytest.mark.sqlite_path
 
@@ -17,8 +18,8 @@ DAY = dt.date.today() - dt.timedelta(days=1)
 
 
 def test_simulated_day_flows_through_router_and_ingestion(seeded, stacks, users):
+    from controlplane.demo.simulator import SIMULATED_METRICS, simulate_traffic
     from controlplane.serving.selectors import counterfactual_report, latency_samples_by_arm
-    from controlplane.serving.services import SIMULATED_METRICS, simulate_traffic
     from rankers.engine.world import Effects
 
     allocation = registry_services.allocation_change(
@@ -69,7 +70,7 @@ def test_simulated_day_flows_through_router_and_ingestion(seeded, stacks, users)
 
 
 def test_effects_move_the_metrics_of_the_treated_stack(seeded, stacks, users):
-    from controlplane.serving.services import simulate_traffic
+    from controlplane.demo.simulator import simulate_traffic
     from rankers.engine.world import Effects
 
     registry_services.allocation_change(
@@ -94,9 +95,9 @@ def test_effects_move_the_metrics_of_the_treated_stack(seeded, stacks, users):
 
 
 def test_simulated_shadow_traffic_leaves_parity_rows(seeded, stacks, users):
+    from controlplane.demo.simulator import simulate_traffic
     from controlplane.serving.models import ShadowComparison
     from controlplane.serving.selectors import shadow_parity_daily
-    from controlplane.serving.services import simulate_traffic
 
     registry_services.allocation_change(
         surface=seeded["groups"],

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from controlplane import services
+from controlplane.core import services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.sqlite_path]
 

@@ -9,8 +9,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from controlplane import services
-from controlplane.models import Allocation, AuditEvent
+from controlplane.core import services
+from controlplane.core.models import Allocation, AuditEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.sqlite_path]
 

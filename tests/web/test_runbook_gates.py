@@ -69,7 +69,7 @@ def test_whole_migration_from_the_pages_to_promotion(
     scripted_parity,  # noqa: F811
 ):
     """Start, approvals and promotion all through the pages; the sweeper (simulated clock) between."""
-    from controlplane.models import Surface
+    from controlplane.core.models import Surface
     from migrations_runbooks.models import Runbook
     from tests.runbooks.conftest import fast_steps
 

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from controlplane.selectors import allocation_current
+from controlplane.core.selectors import allocation_current
 from migrations_runbooks import services as rb_services
 from migrations_runbooks.models import Runbook
 from tests.web.runbook_helpers import quick_template

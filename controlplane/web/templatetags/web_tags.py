@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from controlplane.permissions import has_role as _has_role
-from controlplane.permissions import user_roles
+from controlplane.core.permissions import has_role as _has_role
+from controlplane.core.permissions import user_roles
 
 register = template.Library()
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.errors import ApplicationError
+from controlplane.core.errors import ApplicationError
 from experiments.ingestion import ingest_events
 from experiments.management.commands.ingest_metric_rows import print_result
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.errors import ApplicationError
+from controlplane.core.errors import ApplicationError
 
 ACTOR = "system:train_stacks"
 KINDS = ("content_first", "interest_first", "unified_mtl")

@@ -1,12 +1,12 @@
 """An OpenFeature provider over the published allocation config — pure Python, no Django.
 
 A Python serving fleet asks "which stack serves this unit on this surface" through the standard
-OpenFeature API, and the answer is computed locally by :mod:`controlplane.assignment` from the
+OpenFeature API, and the answer is computed locally by :mod:`controlplane.core.assignment` from the
 document ``GET /api/v1/config/allocations/`` publishes (no call per request)::
 
     from openfeature import api
     from openfeature.evaluation_context import EvaluationContext
-    from controlplane.openfeature_provider import AllocationConfigProvider
+    from controlplane.core.openfeature_provider import AllocationConfigProvider
 
     provider = AllocationConfigProvider(
         url="https://cp.example.com/api/v1/config/allocations/", token="…viewer API token…"
@@ -50,7 +50,7 @@ from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
 
-from controlplane.assignment import AllocationConfig, Assignment, AssignmentError, unit_key
+from controlplane.core.assignment import AllocationConfig, Assignment, AssignmentError, unit_key
 
 SUPPORTED_SCHEMA = 1
 
@@ -254,7 +254,7 @@ class AllocationConfigProvider(AbstractProvider):
     ) -> FlagResolutionDetails[bool]:
         return self._resolve(flag_key, default_value, evaluation_context, lambda a: a.treated)
 
-    def resolve_object_details(  # type: ignore[override]
+    def resolve_object_details(
         self, flag_key: str, default_value: Any, evaluation_context: EvaluationContext | None = None
     ) -> FlagResolutionDetails[Any]:
         return self._resolve(

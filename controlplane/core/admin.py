@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 
-from controlplane.models import Allocation, AuditEvent, RankingStack, Surface, SurfacePopulation
+from controlplane.core.models import Allocation, AuditEvent, RankingStack, Surface, SurfacePopulation
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -12,14 +12,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from controlplane import selectors, services
-from controlplane.models import AuditEvent, RankingStack, Surface
-from controlplane.permissions import IsOperator, IsViewer
+from controlplane.core import selectors, services
+from controlplane.core.models import AuditEvent, RankingStack, Surface
+from controlplane.core.permissions import IsOperator, IsViewer
 
 
 class StackOutput(serializers.ModelSerializer):
-    label = serializers.CharField(read_only=True)
-
+    # ``label`` (key@version) is a typed model property: ModelSerializer serves it read-only.
     class Meta:
         model = RankingStack
         fields = [

@@ -11,9 +11,9 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from controlplane import services
-from controlplane.models import Population, RankingStack
-from controlplane.permissions import ROLES
+from controlplane.core import services
+from controlplane.core.models import Population, RankingStack
+from controlplane.core.permissions import ROLES
 
 SYSTEM = "system:seed_demo"
 # Demo users: username → roles. The password is DEMO_PASSWORD (default printed by `make run`).

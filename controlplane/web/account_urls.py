@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from controlplane.views import RateLimitedLoginView
+from controlplane.web.login import RateLimitedLoginView
 
 urlpatterns = [
     path("login/", RateLimitedLoginView.as_view(), name="login"),

@@ -34,7 +34,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.models import RankingStack, Surface
+from controlplane.core.models import RankingStack, Surface
 
 FINAL = {"promoted", "rolled_back", "aborted"}
 DAY = 24 * 3600
@@ -305,7 +305,8 @@ class Command(BaseCommand):
     def run_days(
         self, runbook_of: dict[str, Any], options: dict[str, Any], start: dt.datetime, started: float
     ) -> None:
-        from controlplane.serving.services import shadow_parity_aggregate, simulate_traffic
+        from controlplane.demo.simulator import simulate_traffic
+        from controlplane.serving.services import shadow_parity_aggregate
         from controlplane.serving.stacks import stack_registry
         from rankers.engine import Effects
 
@@ -505,8 +506,8 @@ class Command(BaseCommand):
         return approved
 
     def summary(self, runbook_of: dict[str, Any], started: float) -> None:
-        from controlplane.models import AuditEvent
-        from controlplane.selectors import allocation_current
+        from controlplane.core.models import AuditEvent
+        from controlplane.core.selectors import allocation_current
 
         took = time.monotonic() - started
         for key, rb in runbook_of.items():

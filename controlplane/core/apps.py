@@ -2,7 +2,8 @@ from django.apps import AppConfig
 
 
 class ControlplaneConfig(AppConfig):
-    name = "controlplane"
+    name = "controlplane.core"
+    label = "controlplane"  # the app's tables, migrations and content types keep their names
     verbose_name = "Control plane"
 
     def ready(self) -> None:

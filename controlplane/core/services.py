@@ -13,9 +13,17 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import models, transaction
 from django.utils import timezone
 
-from controlplane.assignment import BUCKETS, validate_allocation
-from controlplane.errors import ApplicationError, ConflictError
-from controlplane.models import Allocation, AuditEvent, Population, RankingStack, Surface, SurfacePopulation
+from controlplane.core.assignment import BUCKETS, validate_allocation
+from controlplane.core.errors import ApplicationError, ConflictError
+from controlplane.core.models import (
+    Allocation,
+    AuditEvent,
+    Population,
+    RankingStack,
+    Surface,
+    SurfacePopulation,
+)
+from controlplane.core.updates import model_update
 
 Actor = AbstractBaseUser | AnonymousUser | str | None
 # Every audit event is also a log record on this logger (JSON with LOG_FORMAT=json).
@@ -173,12 +181,9 @@ def stack_register(
             f"{stack.label} is registered as {stack.kind}; a version cannot change kind", field="kind"
         )
     before = _stack_snapshot(stack)
-    changed = [f for f, v in values.items() if getattr(stack, f) != v]
+    stack, changed = model_update(instance=stack, data=values)
     if not changed:
         return stack
-    for f in changed:
-        setattr(stack, f, values[f])
-    stack.save(update_fields=[*changed, "updated_at"])
     audit_record(
         actor=actor,
         verb="stack.update",
@@ -198,8 +203,7 @@ def stack_set_status(*, stack: RankingStack, status: str, actor: Actor, reason: 
     if stack.status == status:
         return stack
     before = {"status": stack.status}
-    stack.status = status
-    stack.save(update_fields=["status", "updated_at"])
+    model_update(instance=stack, data={"status": status})
     audit_record(
         actor=actor,
         verb=f"stack.{status}",
@@ -268,8 +272,7 @@ def surface_upsert(
     if surface is None:
         surface = Surface.objects.create(key=key, name=name, peak_qps=peak_qps)
     else:
-        surface.name, surface.peak_qps = name, peak_qps
-        surface.save(update_fields=["name", "peak_qps", "updated_at"])
+        model_update(instance=surface, data={"name": name, "peak_qps": peak_qps})
     for population, (stack, bp) in populations.items():
         SurfacePopulation.objects.update_or_create(
             surface=surface, population=population, defaults={"stack": stack, "share_bp": bp}
@@ -364,32 +367,35 @@ def allocation_change(
             f"allocation of {surface.key} is at version {current.version}, not {expected_version}; reload and retry",
             field="expected_version",
         )
-    new = {
-        "salt": current.salt
-        if salt is _UNSET and current
-        else (salt if salt is not _UNSET else f"{surface.key}-{secrets.token_hex(4)}"),
-        "holdout_bp": (current.holdout_bp if current else 0) if holdout_bp is _UNSET else holdout_bp,
-        "treatment_stack": (current.treatment_stack if current else None)
-        if treatment_stack is _UNSET
-        else treatment_stack,
-        "treatment_bp": (current.treatment_bp if current else 0) if treatment_bp is _UNSET else treatment_bp,
-        "shadow_stack": (current.shadow_stack if current else None)
-        if shadow_stack is _UNSET
-        else shadow_stack,
-        "shadow_bp": (current.shadow_bp if current else 0) if shadow_bp is _UNSET else shadow_bp,
-        "populations": _allocation_populations(surface),
+
+    def keep(value: Any, field_name: str, default: Any) -> Any:
+        if value is not _UNSET:
+            return value
+        return getattr(current, field_name) if current is not None else default
+
+    new_salt: str = keep(salt, "salt", f"{surface.key}-{secrets.token_hex(4)}")
+    new_treatment: RankingStack | None = keep(treatment_stack, "treatment_stack", None)
+    new_shadow: RankingStack | None = keep(shadow_stack, "shadow_stack", None)
+    populations = _allocation_populations(surface)
+    new: dict[str, Any] = {
+        "salt": new_salt,
+        "holdout_bp": keep(holdout_bp, "holdout_bp", 0),
+        "treatment_stack": new_treatment,
+        "treatment_bp": keep(treatment_bp, "treatment_bp", 0),
+        "shadow_stack": new_shadow,
+        "shadow_bp": keep(shadow_bp, "shadow_bp", 0),
+        "populations": populations,
     }
     errors = validate_allocation(
         holdout_bp=new["holdout_bp"],
         treatment_bp=new["treatment_bp"],
-        treatment_stack=new["treatment_stack"].label if new["treatment_stack"] else None,
+        treatment_stack=new_treatment.label if new_treatment else None,
         shadow_bp=new["shadow_bp"],
-        shadow_stack=new["shadow_stack"].label if new["shadow_stack"] else None,
-        populations=[(p["population"], p["stack"], p["bp"]) for p in new["populations"]],
-        salt=new["salt"],
+        shadow_stack=new_shadow.label if new_shadow else None,
+        populations=[(p["population"], p["stack"], p["bp"]) for p in populations],
+        salt=new_salt,
     )
-    for field_name in ("treatment_stack", "shadow_stack"):
-        stack = new[field_name]
+    for field_name, stack in (("treatment_stack", new_treatment), ("shadow_stack", new_shadow)):
         if stack is not None and stack.status == RankingStack.Status.RETIRED:
             errors.setdefault(field_name, f"{stack.label} is retired")
     if errors:
@@ -430,9 +436,7 @@ def surface_promote_stack(
     if surface.production_stack_id == stack.pk and surface.status == Surface.Status.UNIFIED:
         return surface
     before = _surface_snapshot(surface)
-    surface.production_stack = stack
-    surface.status = Surface.Status.UNIFIED
-    surface.save(update_fields=["production_stack", "status", "updated_at"])
+    model_update(instance=surface, data={"production_stack": stack, "status": Surface.Status.UNIFIED})
     SurfacePopulation.objects.filter(surface=surface).update(stack=stack)
     audit_record(
         actor=actor,
@@ -456,8 +460,7 @@ def surface_set_status(
     if surface.status == status:
         return surface
     before = {"status": surface.status}
-    surface.status = status
-    surface.save(update_fields=["status", "updated_at"])
+    model_update(instance=surface, data={"status": status})
     audit_record(
         actor=actor,
         verb="surface.status",

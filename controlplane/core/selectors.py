@@ -9,8 +9,8 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from controlplane.assignment import AllocationConfig, PopulationShare
-from controlplane.models import Allocation, AuditEvent, RankingStack, Surface
+from controlplane.core.assignment import AllocationConfig, PopulationShare
+from controlplane.core.models import Allocation, AuditEvent, RankingStack, Surface
 
 
 def stack_list(*, kind: str | None = None, status: str | None = None) -> QuerySet[RankingStack]:
