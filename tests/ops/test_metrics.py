@@ -72,13 +72,15 @@ def test_runbook_request_tick_and_gate_families(
 
     assert value(after, "controlplane_runbooks", state="running") == 1
     runbook_id = str(created.json()["id"])
-    (age,) = [
-        s
-        for s in after["controlplane_runbook_analysis_age_seconds"].samples
-        if s.labels["runbook"] == runbook_id
-    ]
-    # The scripted experiment has no analysis row: +Inf, so the "no fresh analysis" alert fires.
-    assert age.labels == {"runbook": runbook_id, "surface": "pages", "experiment": f"scripted-{runbook_id}"}
+    age_family = "controlplane_runbook_analysis_age_seconds"
+    # At the shadow step the runbook has no experiment yet, so no analysis is expected of it.
+    assert not [s for s in after[age_family].samples if s.labels["runbook"] == runbook_id]
+    from migrations_runbooks.models import Runbook
+
+    Runbook.objects.filter(pk=runbook_id).update(experiment_key="never-analysed")
+    (age,) = [s for s in scrape(op)[age_family].samples if s.labels["runbook"] == runbook_id]
+    # An experiment without an analysis row: +Inf, so the "no fresh analysis" alert fires.
+    assert age.labels == {"runbook": runbook_id, "surface": "pages", "experiment": "never-analysed"}
     assert age.value == float("inf")
     assert value(after, "controlplane_runbooks", state="draft") == 0
     assert {s.labels["state"] for s in after["controlplane_runbooks"].samples} >= {"promoted", "rolled_back"}
