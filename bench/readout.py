@@ -328,6 +328,7 @@ def run(url: str, args: argparse.Namespace) -> None:
     from django.db import connection
 
     from experiments import aggregation
+    from experiments.outcome import analysis_outcome
     from experiments.rollups import rollup_refresh
     from experiments.services import experiment_analyze
 
@@ -375,7 +376,8 @@ def run(url: str, args: argparse.Namespace) -> None:
     print(f"rollup vs rows sums: max relative difference {drift:.2e}")
     assert drift < 1e-9, "the analysis through the rollup differs from the analysis of the rows"
     assert run_.verdict == from_rows.verdict
-    result = run_.result
+    result = analysis_outcome(run_.result)
+    assert result is not None
     pandas_s = None
     if not args.skip_pandas:
         pandas_s, reference = pandas_pull(experiment.surface_id, allocation.salt)
@@ -389,7 +391,7 @@ def run(url: str, args: argparse.Namespace) -> None:
         print(f"in-database vs pandas sums: max relative difference {worst:.2e}")
         assert worst < 1e-9, "in-database sufficient statistics differ from pandas"
 
-    n_metrics = len(result["metrics"]) // 3
+    n_metrics = len(result.metrics) // 3
     best_analysis, best_bare = min(analysis_s), min(bare_s)
     print()
     print(f"{version}; {args.units:,} units; {n_metrics} metrics × 2 populations (+ pooled); "
@@ -425,8 +427,8 @@ def run(url: str, args: argparse.Namespace) -> None:
         f"({best_rolled / best_bare:.2f}×); from the rows {best_analysis / best_bare:.2f}×, "
         f"and the one-off fold {fold_s / best_bare:.2f}×"
     )
-    print(f"decision: {result['decision']['verdict']}; units control {result['units']['control']:,}, "
-          f"treatment {result['units']['treatment']:,}")  # fmt: skip
+    print(f"decision: {result.recommendation.verdict}; units control {result.units.control:,}, "
+          f"treatment {result.units.treatment:,}")  # fmt: skip
 
 
 if __name__ == "__main__":

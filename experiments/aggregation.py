@@ -23,7 +23,7 @@ changed from their first exposure to the latest allocation version (:func:`stabl
 units first exposed under version v, treatment is kept when its bucket lies in every later
 version's treatment range, control when it lies above every later version's treatment range.
 Rows stay grouped by allocation version, because the kept share differs per version: the analysis
-estimates per first-exposure version and pools them (experiments/analysis.py, "Crossover").
+estimates per first-exposure version and pools them (experiments/analysis/__init__.py, "Crossover").
 
 Conventions, documented for PMs and pinned by tests:
 - A unit with an exposure but no metric rows counts as 0 for count (mean) metrics and for both

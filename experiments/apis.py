@@ -25,6 +25,7 @@ from controlplane.core.models import Surface
 from controlplane.core.permissions import IsApprover, IsOperator, IsViewer
 from experiments import aggregation, readout, selectors, services
 from experiments.models import AnalysisRun, Decision, Experiment, ExperimentMetric, MetricDefinition
+from experiments.outcome import analysis_outcome
 
 
 def _experiment(key: str) -> Experiment:
@@ -61,7 +62,7 @@ class ExperimentOutput(serializers.Serializer):
             "as_of": run.as_of,
             "verdict": run.verdict,
             "created_at": run.created_at,
-            "decision": run.result.get("decision"),
+            "decision": _result_json(run).get("decision"),
         }
 
     def get_links(self, obj: Experiment) -> dict[str, str]:
@@ -117,6 +118,12 @@ class ExperimentListApi(APIView):
         start = serializers.BooleanField(required=False, default=False)
         metrics = MetricInput(many=True)
 
+    class FilterSerializer(serializers.Serializer):
+        # CharField refuses NUL bytes with a 400 naming the parameter (PostgreSQL text cannot hold them).
+        surface = serializers.CharField(required=False, allow_blank=True)
+        status = serializers.CharField(required=False, allow_blank=True)
+        stack = serializers.CharField(required=False, allow_blank=True)
+
     @extend_schema(
         operation_id="experiments_list",
         parameters=[
@@ -127,10 +134,12 @@ class ExperimentListApi(APIView):
         responses=ExperimentOutput(many=True),
     )
     def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
         qs = selectors.experiment_list(
-            surface=request.query_params.get("surface"),
-            status=request.query_params.get("status"),
-            stack=request.query_params.get("stack"),
+            surface=filters.validated_data.get("surface"),
+            status=filters.validated_data.get("status"),
+            stack=filters.validated_data.get("stack"),
         )
         return Response(ExperimentOutput(qs, many=True).data)
 
@@ -286,7 +295,18 @@ class ExperimentStopApi(APIView):
         return Response(ExperimentOutput(experiment).data)
 
 
+def _result_json(run: AnalysisRun) -> dict[str, Any]:
+    """The run's result as JSON, read through the outcome adapter (any stored schema → the current one)."""
+    outcome = analysis_outcome(run.result)
+    return outcome.to_dict() if outcome is not None else {}
+
+
 class AnalysisOutput(serializers.ModelSerializer):
+    result = serializers.SerializerMethodField()
+
+    def get_result(self, obj: AnalysisRun) -> dict[str, Any]:
+        return _result_json(obj)
+
     class Meta:
         model = AnalysisRun
         fields = [
@@ -373,7 +393,7 @@ class ResultsApi(APIView):
         run = selectors.experiment_latest_analysis(experiment=_experiment(key))
         if run is None:
             return Response({"detail": "not analysed yet", "code": "not_found", "errors": {}}, status=404)
-        return Response({"analysis_id": run.pk, **run.result})
+        return Response({"analysis_id": run.pk, **_result_json(run)})
 
 
 class DecisionOutput(serializers.ModelSerializer):

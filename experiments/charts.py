@@ -1,6 +1,6 @@
 """Plotly figures of a readout. plotly is imported inside each function (heavy; web starts fast).
 
-Each function takes the readout data (plain JSON) and returns a ``plotly.graph_objects.Figure``
+Each function takes the analysis outcome (forest, SRM) or the readout data (plain JSON) and returns a ``plotly.graph_objects.Figure``
 or None when there is nothing to draw; ``figure_html`` turns one into an HTML fragment.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from experiments.outcome import AnalysisOutcome, MetricOutcome
 
 POPULATION_COLOURS = {"pooled": "#1f3a5f", "content_first": "#d9822b", "interest_first": "#2b8a3e"}
 VERDICT_COLOURS = {
@@ -23,19 +25,20 @@ VERDICT_COLOURS = {
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
-def _label(entry: Mapping[str, Any]) -> str:
-    return f"{entry['name']} ({entry['role']})"
+def _label(m: MetricOutcome) -> str:
+    return f"{m.name} ({m.role})"
 
 
-def forest_plot(result: Mapping[str, Any]) -> Any:
+def forest_plot(outcome: AnalysisOutcome) -> Any:
     """Relative lift with its CI per metric and population, over each metric's equivalence band."""
     import plotly.graph_objects as go
 
-    metrics = [m for m in result.get("metrics", []) if m.get("rel_lift") is not None]
+    metrics = [m for m in outcome.metrics if m.estimate_rel is not None]
     if not metrics:
         return None
+    lift = {id(m): float(m.estimate_rel or 0.0) for m in metrics}
     order: list[str] = []
-    for m in result["metrics"]:
+    for m in outcome.metrics:
         label = _label(m)
         if label not in order:
             order.append(label)
@@ -45,26 +48,26 @@ def forest_plot(result: Mapping[str, Any]) -> Any:
     # Axis range from the intervals and the margins, so a one-sided band cannot stretch it.
     xs = [0.0]
     for m in metrics:
-        xs += [v for v in (m.get("rel_lift_ci") or [m["rel_lift"]] * 2) if v is not None]
-    for m in result["metrics"]:
-        xs += list(m.get("rel_band") or [])
+        xs += list(m.ci_rel or (lift[id(m)], lift[id(m)]))
+    for m in outcome.metrics:
+        xs += list(m.rel_band or ())
     lo_x, hi_x = min(xs) * 100, max(xs) * 100
     pad = max(0.5, (hi_x - lo_x) * 0.08)
     x_range = [lo_x - pad, hi_x + pad]
     fig = go.Figure()
     # Equivalence / non-inferiority bands as shaded rectangles behind each metric's row.
     seen: set[str] = set()
-    for m in result["metrics"]:
+    for m in outcome.metrics:
         label = _label(m)
-        band = m.get("rel_band")
+        band = m.rel_band
         if label in seen or not band:
             continue
         seen.add(label)
         y = position[label]
         lo, hi = band[0] * 100, band[1] * 100
-        if m["role"] == "guardrail":
+        if m.role == "guardrail":
             # One-sided: everything on the good side of the margin is acceptable.
-            lo, hi = (lo, x_range[1]) if m["direction"] == "higher" else (x_range[0], hi)
+            lo, hi = (lo, x_range[1]) if m.direction == "higher" else (x_range[0], hi)
         fig.add_shape(
             type="rect",
             x0=lo,
@@ -78,33 +81,31 @@ def forest_plot(result: Mapping[str, Any]) -> Any:
             layer="below",
         )
     for population in ("pooled", "content_first", "interest_first"):
-        rows = [m for m in metrics if m["population"] == population]
+        rows = [m for m in metrics if m.population == population]
         if not rows:
             continue
-        ci = [m.get("rel_lift_ci") or [m["rel_lift"], m["rel_lift"]] for m in rows]
+        ci = [m.ci_rel or (lift[id(m)], lift[id(m)]) for m in rows]
         fig.add_trace(
             go.Scatter(
-                x=[m["rel_lift"] * 100 for m in rows],
+                x=[lift[id(m)] * 100 for m in rows],
                 y=[position[_label(m)] + offsets[population] for m in rows],
                 mode="markers",
                 name=population.replace("_", "-"),
                 marker={
                     "size": 11 if population == "pooled" else 8,
                     "symbol": "diamond" if population == "pooled" else "circle",
-                    "color": [VERDICT_COLOURS.get(m["verdict"], "#868e96") for m in rows],
+                    "color": [VERDICT_COLOURS.get(str(m.verdict), "#868e96") for m in rows],
                     "line": {"color": POPULATION_COLOURS[population], "width": 2},
                 },
                 error_x={
                     "type": "data",
                     "symmetric": False,
-                    "array": [(c[1] - m["rel_lift"]) * 100 for c, m in zip(ci, rows, strict=True)],
-                    "arrayminus": [(m["rel_lift"] - c[0]) * 100 for c, m in zip(ci, rows, strict=True)],
+                    "array": [(c[1] - lift[id(m)]) * 100 for c, m in zip(ci, rows, strict=True)],
+                    "arrayminus": [(lift[id(m)] - c[0]) * 100 for c, m in zip(ci, rows, strict=True)],
                     "color": POPULATION_COLOURS[population],
                 },
                 text=[
-                    html.escape(
-                        f"{m['name']} · {population}: {m['verdict']}, lift {m['rel_lift'] * 100:+.2f}%"
-                    )
+                    html.escape(f"{m.name} · {population}: {m.verdict}, lift {lift[id(m)] * 100:+.2f}%")
                     for m in rows
                 ],
                 hoverinfo="text",
@@ -173,21 +174,21 @@ def cumulative_lift(timeline: Sequence[Mapping[str, Any]]) -> Any:
     return fig
 
 
-def srm_chart(result: Mapping[str, Any]) -> Any:
+def srm_chart(outcome: AnalysisOutcome) -> Any:
     """Observed unit counts against the configured split, per population."""
     import plotly.graph_objects as go
 
-    srm = result.get("srm") or {}
+    srm = outcome.srm
     pops = [p for p in srm if p != "pooled"] + (["pooled"] if "pooled" in srm else [])
     if not pops:
         return None
     fig = go.Figure()
     for arm, colour in (("control", "#868e96"), ("treatment", "#1f3a5f")):
-        observed = [srm[p]["observed"][arm] for p in pops]
+        observed = [srm[p].observed[arm] for p in pops]
         expected = []
         for p in pops:
-            share = srm[p].get("expected_share")
-            total = sum(srm[p]["observed"].values())
+            share = srm[p].expected_share
+            total = srm[p].observed_control + srm[p].observed_treatment
             expected.append(None if share is None else total * (share if arm == "treatment" else 1 - share))
         fig.add_trace(go.Bar(x=pops, y=observed, name=f"{arm} observed", marker_color=colour))
         fig.add_trace(

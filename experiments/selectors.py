@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import QuerySet
 
 from experiments.models import AnalysisRun, Decision, Experiment
+from experiments.outcome import POOLED, analysis_outcome
 
 
 def experiment_list(
@@ -61,23 +62,25 @@ def experiment_timeline(*, experiment: Experiment, until: dt.date | None = None)
         runs[run.as_of.isoformat()] = run
     points: list[dict[str, Any]] = []
     for day in sorted(runs):
-        result = runs[day].result
-        for m in result.get("metrics", []):
-            if m.get("population") != "pooled":
+        outcome = analysis_outcome(runs[day].result)
+        if outcome is None:
+            continue
+        for m in outcome.metrics:
+            if m.population != POOLED:
                 continue
             points.append(
                 {
                     "day": day,
-                    "metric": m["metric"],
-                    "name": m.get("name", m["metric"]),
-                    "role": m.get("role"),
-                    "rel_lift": m.get("rel_lift"),
-                    "rel_lift_ci": m.get("rel_lift_ci"),
-                    "sequential_ci": (m.get("sequential") or {}).get("ci"),
-                    "control_mean": m.get("control_mean"),
-                    "diff": m.get("diff"),
-                    "units": (result.get("units") or {}).get("control", 0)
-                    + (result.get("units") or {}).get("treatment", 0),
+                    "metric": m.metric,
+                    "name": m.name,
+                    "role": m.role,
+                    "verdict": str(m.verdict),
+                    "rel_lift": m.estimate_rel,
+                    "rel_lift_ci": list(m.ci_rel) if m.ci_rel else None,
+                    "sequential_ci": list(m.sequential_ci) if m.sequential_ci else None,
+                    "control_mean": m.control_mean,
+                    "diff": m.estimate_abs,
+                    "units": outcome.units.total,
                 }
             )
     return points

@@ -8,6 +8,7 @@ changes need a reason and are audited with the before/after design.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import time
@@ -23,7 +24,7 @@ from controlplane.core.models import Allocation, RankingStack, Surface
 from controlplane.core.services import Actor, audit_record
 from controlplane.core.updates import model_update
 from controlplane.serving import selectors as serving_logs
-from experiments import aggregation, analysis, rollups
+from experiments import aggregation, analysis, rollups, stats
 from experiments.metrics import (
     BASE_METRICS,
     KEY_RE,
@@ -40,6 +41,7 @@ from experiments.models import (
     MetricDefinition,
     WarehouseStatistics,
 )
+from experiments.outcome import analysis_outcome
 
 PRE_PERIOD_DAYS = 14
 _SLUG_RE = re.compile(r"[^a-z0-9-]+")
@@ -673,7 +675,7 @@ def _crossover(
     """Crossover among the analysed units, and how many crossed units the analysis left out.
 
     Units whose bucket moved arm during the ramp are excluded by the aggregate query
-    (analysis.py, "Crossover"); what remains must never have been served by both arms. That is
+    (experiments/analysis, "Crossover"); what remains must never have been served by both arms. That is
     measured from serving's request log where it has this salt, else estimated on a sample of
     analysed exposures re-assigned with the current allocation.
     """
@@ -744,7 +746,8 @@ def _crossover(
     return {"checked": len(sample), "crossed": crossed, "excluded": excluded, "source": "assignment"}
 
 
-def _previous_sequential(experiment: Experiment) -> dict[tuple[str, str], Any]:
+def _previous_sequential(experiment: Experiment) -> dict[tuple[str, str], stats.SequentialResult]:
+    """The latest run's always-valid tests, to chain this look from."""
     # Only the result column: the previous run's statistics (the query rows) are not needed here.
     result = (
         AnalysisRun.objects.filter(experiment=experiment)
@@ -752,12 +755,13 @@ def _previous_sequential(experiment: Experiment) -> dict[tuple[str, str], Any]:
         .values_list("result", flat=True)
         .first()
     )
-    if result is None:
+    previous = analysis_outcome(result)
+    if previous is None:
         return {}
     return {
-        (m["metric"], m["population"]): m["sequential"]
-        for m in result.get("metrics", [])
-        if m.get("sequential") and m["sequential"].get("computable")
+        (m.metric, m.population): m.sequential
+        for m in previous.metrics
+        if m.sequential is not None and m.sequential.computable
     }
 
 
@@ -820,10 +824,12 @@ def experiment_analyze(
         ),
         previous_sequential=_previous_sequential(experiment) if experiment.sequential else {},
     )
-    result = analysis.analyze(design, inputs, computed_at=now.isoformat())
-    result["source"] = source
-    # How many closed days came from the experiment's rollup rather than the rows (0: all rows).
-    result["rollup_days"] = len(rollup.folded) if rollup else 0
+    outcome = dataclasses.replace(
+        analysis.analyze(design, inputs, computed_at=now.isoformat()),
+        source=source,
+        # How many closed days came from the experiment's rollup rather than the rows (0: all rows).
+        rollup_days=len(rollup.folded) if rollup else 0,
+    )
     analysis_ms = (time.perf_counter() - started) * 1000
     telemetry.analysis_finished(source=source, seconds=(query_ms + analysis_ms) / 1000)
     run = AnalysisRun.objects.create(
@@ -834,8 +840,8 @@ def experiment_analyze(
         window_start=experiment.window_start,
         window_end=as_of,
         statistics=rows,
-        result=result,
-        verdict=result["decision"]["verdict"],
+        result=outcome.to_dict(),
+        verdict=str(outcome.recommendation.verdict),
         query_ms=query_ms,
         analysis_ms=analysis_ms,
         created_by=_actor_label(actor),
@@ -927,7 +933,10 @@ def experiment_decide(
         raise ConflictError("analyse the experiment before deciding", field="analysis")
     if run.experiment_id != experiment.pk:
         raise ApplicationError("that analysis belongs to another experiment", field="analysis")
-    recommended = run.result["decision"]["verdict"]
+    outcome = analysis_outcome(run.result)
+    if outcome is None or outcome.recommendation.verdict is None:
+        raise ConflictError(f"analysis {run.pk} has no recommendation to decide on", field="analysis")
+    recommended = str(outcome.recommendation.verdict)
     verdict = verdict or recommended
     if verdict not in Decision.Verdict.values:
         raise ApplicationError(
@@ -943,9 +952,9 @@ def experiment_decide(
         analysis=run,
         verdict=verdict,
         recommended=recommended,
-        reasons=run.result["decision"]["reasons"],
-        blocking=run.result["decision"]["blocking"],
-        days_needed=run.result["decision"]["days_needed"],
+        reasons=list(outcome.recommendation.reasons),
+        blocking=list(outcome.recommendation.blocking),
+        days_needed=outcome.recommendation.days_needed,
         numbers=run.result,
         readout=data,
         readout_html=readout.render_html(data, standalone=True),

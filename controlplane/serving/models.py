@@ -203,7 +203,7 @@ class Exposure(models.Model):
     allocation_version = models.PositiveIntegerField()
     # The unit's assignment bucket under the salt, in [0, 10000). The analysis uses it to keep only
     # units whose arm never changed since their first exposure (a monotone ramp moves control
-    # buckets into treatment; see experiments/analysis.py, "Crossover"). Null for exposures
+    # buckets into treatment; see experiments/analysis/, "Crossover"). Null for exposures
     # recorded before buckets were stored: those are kept as first exposed.
     bucket = models.PositiveSmallIntegerField(null=True, blank=True)
     first_exposed_at = models.DateTimeField()

@@ -27,6 +27,7 @@ LATENCY_SAMPLE_LIMIT = 5000
 @viewer_required
 def experiment_list(request: HttpRequest) -> HttpResponse:
     from experiments import selectors as exp_selectors
+    from experiments.outcome import analysis_outcome
     from migrations_runbooks.models import Runbook
 
     status = request.GET.get("status") or None
@@ -40,23 +41,16 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
     rows: list[dict[str, Any]] = []
     for e in experiments:
         run = exp_selectors.experiment_latest_analysis(experiment=e)
-        result = (run.result if run else None) or {}
-        decision = result.get("decision") or {}
-        units = result.get("units") or {}
-        n = int(units.get("control", 0)) + int(units.get("treatment", 0))
-        needed = [
-            m.get("units_needed")
-            for m in result.get("metrics", [])
-            if m.get("population") == "pooled" and m.get("metric") in (decision.get("blocking") or [])
-        ]
-        needed_known = [x for x in needed if x]
+        outcome = analysis_outcome(run.result if run else None)
+        n = outcome.units.total if outcome else 0
+        needed_known = outcome.units_needed_of_blocking() if outcome else []
         rows.append(
             {
                 "experiment": e,
                 "run": run,
-                "verdict": decision.get("verdict"),
-                "reasons": decision.get("reasons") or [],
-                "days_needed": decision.get("days_needed"),
+                "verdict": str(outcome.recommendation.verdict or "") if outcome else None,
+                "reasons": list(outcome.recommendation.reasons) if outcome else [],
+                "days_needed": outcome.recommendation.days_needed if outcome else None,
                 "units": n,
                 # Share of the largest sample a blocking test needs for the target power.
                 "sample_progress": min(1.0, n / max(needed_known)) if needed_known else None,

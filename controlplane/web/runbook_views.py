@@ -287,24 +287,34 @@ def experiment_progress(runbook: Runbook) -> dict[str, Any] | None:
     if experiment is None:
         return None
     from experiments import selectors as exp_selectors
+    from experiments.outcome import analysis_outcome
 
     run = exp_selectors.experiment_latest_analysis(experiment=experiment)
-    result = (run.result if run else None) or {}
-    decision = result.get("decision") or {}
-    units = result.get("units") or {}
-    n_now = int(units.get("control", 0)) + int(units.get("treatment", 0))
-    blocking = set(decision.get("blocking") or [])
+    outcome = analysis_outcome(run.result if run else None)
+    if outcome is None:
+        return {
+            "experiment": experiment,
+            "run": run,
+            "verdict": None,
+            "reasons": [],
+            "days_needed": None,
+            "units": 0,
+            "sample": [],
+            "target_power": getattr(experiment, "power", None),
+        }
+    n_now = outcome.units.total
+    blocking = set(outcome.recommendation.blocking)
     sample: list[dict[str, Any]] = []
-    for m in result.get("metrics", []):
-        if m.get("population") != "pooled" or m.get("role") == "secondary":
+    for m in outcome.metrics:
+        if m.population != "pooled" or m.role == "secondary":
             continue
-        needed = m.get("units_needed")
+        needed = m.units_needed
         sample.append(
             {
-                "metric": m.get("name") or m.get("metric"),
-                "role": m.get("role"),
-                "verdict": m.get("verdict"),
-                "blocking": m.get("metric") in blocking,
+                "metric": m.name,
+                "role": m.role,
+                "verdict": str(m.verdict),
+                "blocking": m.metric in blocking,
                 "units_needed": needed,
                 "progress": min(1.0, n_now / needed) if needed else (1.0 if needed == 0 else None),
             }
@@ -312,9 +322,9 @@ def experiment_progress(runbook: Runbook) -> dict[str, Any] | None:
     return {
         "experiment": experiment,
         "run": run,
-        "verdict": decision.get("verdict"),
-        "reasons": decision.get("reasons") or [],
-        "days_needed": decision.get("days_needed"),
+        "verdict": str(outcome.recommendation.verdict or ""),
+        "reasons": list(outcome.recommendation.reasons),
+        "days_needed": outcome.recommendation.days_needed,
         "units": n_now,
         "sample": sample,
         "target_power": getattr(experiment, "power", None),

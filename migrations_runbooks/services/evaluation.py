@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.core import telemetry
 from controlplane.core.models import SurfacePopulation
 from controlplane.core.services import Actor
+from experiments.outcome import AnalysisOutcome, analysis_outcome
 from migrations_runbooks import capacity, gates
 from migrations_runbooks.gates import Gate
 from migrations_runbooks.models import GateResult, RampStep, Runbook, StepEvaluation
@@ -85,9 +86,9 @@ def _steps(rb: Runbook) -> list[RampStep]:
 
 @dataclass
 class Evaluation:
-    gates: list[gates.Gate]
+    gates: list[Gate]
     outcome: str
-    analysis: dict[str, Any] | None = None
+    analysis: AnalysisOutcome | None = None
     reasons: list[str] = field(default_factory=list)
 
     def record(
@@ -117,9 +118,11 @@ class Evaluation:
 def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now: dt.datetime) -> Evaluation:
     """The current step's gates on fresh analysis/parity (no writes besides the analysis run)."""
     config = step.gates or {}
-    analysis, analysis_error = (None, "")
+    analysis: AnalysisOutcome | None = None
+    analysis_error = ""
     if gates.needs_analysis(config):
-        analysis, analysis_error = gates.fresh_analysis(runbook=rb, now=now)
+        fresh, analysis_error = gates.fresh_analysis(runbook=rb, now=now)
+        analysis = analysis_outcome(fresh)
     parity, parity_error = (None, "")
     if gates.needs_parity(config):
         parity, parity_error = gates.fresh_parity(runbook=rb, since=step.started_at)
@@ -156,12 +159,12 @@ def runbook_evaluate(rb: Runbook, step: RampStep, steps: list[RampStep], *, now:
 def _record_evaluation(
     rb: Runbook,
     step: RampStep | None,
-    result: Sequence[gates.Gate],
+    result: Sequence[Gate],
     *,
     outcome: str,
     reason: str,
     now: dt.datetime,
-    analysis: Mapping[str, Any] | None = None,
+    analysis: AnalysisOutcome | None = None,
     actor: Actor = SYSTEM_BEAT,
 ) -> StepEvaluation | None:
     """Keep the latest look on the runbook row; add a history row when something changed.
@@ -176,6 +179,8 @@ def _record_evaluation(
         sorted([g.gate, g.subject, g.outcome] for g in result),
     ]
     telemetry.evaluation_recorded(outcome=outcome, gates=[(g.gate, g.outcome) for g in result])
+    computed_at = analysis.computed_at if analysis is not None else ""
+    decision = str(analysis.recommendation.verdict or "") if analysis is not None else ""
     previous = rb.last_evaluation or {}
     repeat = outcome in (
         StepEvaluation.Outcome.WAIT,
@@ -188,8 +193,8 @@ def _record_evaluation(
         "outcome": outcome,
         "reason": reason[:4000],
         "actor": _label(actor),
-        "analysis_computed_at": str((analysis or {}).get("computed_at") or ""),
-        "decision": str(((analysis or {}).get("decision") or {}).get("verdict") or ""),
+        "analysis_computed_at": computed_at,
+        "decision": decision,
         "gates": [{**g.to_dict(), "passed": g.outcome == gates.PASS} for g in result],
         "signature": signature,
         "evaluation_id": previous.get("evaluation_id") if repeat else None,
@@ -203,8 +208,8 @@ def _record_evaluation(
         evaluated_at=now,
         outcome=outcome,
         reason=reason[:4000],
-        analysis_computed_at=str((analysis or {}).get("computed_at") or "")[:40],
-        decision=str(((analysis or {}).get("decision") or {}).get("verdict") or "")[:12],
+        analysis_computed_at=computed_at[:40],
+        decision=decision[:12],
         actor_label=_label(actor),
     )
     GateResult.objects.bulk_create(
@@ -226,5 +231,5 @@ def _record_evaluation(
     return evaluation
 
 
-def _gate_details(result: Sequence[gates.Gate]) -> list[dict[str, Any]]:
+def _gate_details(result: Sequence[Gate]) -> list[dict[str, Any]]:
     return [g.to_dict() for g in gates.blocking(result)]

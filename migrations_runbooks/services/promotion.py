@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from controlplane.core import services as core
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import RankingStack, Surface, SurfacePopulation
 from controlplane.core.services import Actor
 from controlplane.core.updates import model_update
+from experiments.outcome import AnalysisOutcome
 from migrations_runbooks import gates
 from migrations_runbooks.models import Approval, RampStep, Runbook, StepEvaluation
 from migrations_runbooks.notifications import notify
@@ -26,7 +26,7 @@ def _promote(
     actor: Actor,
     reason: str,
     now: dt.datetime,
-    analysis: Mapping[str, Any] | None,
+    analysis: AnalysisOutcome | None,
     gate_list: Sequence[gates.Gate],
     approval: Approval | None,
 ) -> Runbook:
@@ -37,7 +37,7 @@ def _promote(
     }
     rb.final_readout = {
         "frozen_at": now.isoformat(),
-        "analysis": dict(analysis) if analysis else (rb.ship_decision or {}).get("analysis"),
+        "analysis": analysis.to_dict() if analysis else (rb.ship_decision or {}).get("analysis"),
         "ship_decision": {k: v for k, v in (rb.ship_decision or {}).items() if k != "analysis"} or None,
         "gates": [g.to_dict() for g in gate_list],
         "approval": {

@@ -260,15 +260,14 @@ def _tick_live(rb: Runbook, now: dt.datetime) -> tuple[str, str]:
 def _remember_ship_decision(rb: Runbook, step: RampStep, ev: Evaluation, now: dt.datetime) -> None:
     if not any(g.gate == "ship_decision" and g.outcome == gates.PASS for g in ev.gates) or not ev.analysis:
         return
-    decision = ev.analysis.get("decision") or {}
     rb.ship_decision = {
         "step_index": step.index,
         "step": step.name,
         "decided_at": now.isoformat(),
-        "analysis_run_id": ev.analysis.get("analysis_run_id"),
-        "computed_at": ev.analysis.get("computed_at"),
-        "reasons": decision.get("reasons") or [],
-        "analysis": dict(ev.analysis),
+        "analysis_run_id": ev.analysis.analysis_run_id,
+        "computed_at": ev.analysis.computed_at,
+        "reasons": list(ev.analysis.recommendation.reasons),
+        "analysis": ev.analysis.to_dict(),
     }
     rb.save(update_fields=["ship_decision"])
 

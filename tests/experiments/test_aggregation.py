@@ -187,7 +187,9 @@ def test_analysis_matches_scipy_on_the_raw_units(populated: dict[str, Any]) -> N
         metrics=design.aggregate_metrics(),
     )
     rows = aggregation.run_query(spec, connection)
-    result = analysis.analyze(design, analysis.Inputs(rows=rows, as_of=as_of), computed_at=NOW.isoformat())
+    result = analysis.analyze(
+        design, analysis.Inputs(rows=rows, as_of=as_of), computed_at=NOW.isoformat()
+    ).to_dict()
     reference = _reference(populated, as_of)
     by = {(m["metric"], m["population"]): m for m in result["metrics"]}
     for pop in ("content_first", "interest_first"):

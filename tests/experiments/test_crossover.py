@@ -153,7 +153,7 @@ def test_a_neutral_multi_step_ramp_reads_neutral_and_the_naive_pool_would_not(se
     one_version = dataclasses.replace(design, splits={1: design.splits[min(design.splits)]})
     naive = analysis.analyze(
         one_version, analysis.Inputs(rows=naive_rows, as_of=run.as_of), computed_at="now"
-    )
+    ).to_dict()
     naive_pooled = _pooled(naive)
     assert naive_pooled["ci"][1] < 0, naive_pooled
     assert naive_pooled["rel_lift"] < -0.2

@@ -81,6 +81,30 @@ def test_readout_data_and_renderings(analysed: dict[str, Any]) -> None:
     assert len(csv_text.splitlines()) == 1 + len(data["result"]["metrics"])
 
 
+def test_a_section_that_cannot_be_read_says_why(
+    analysed: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed serving read leaves the rest of the readout intact and says "unavailable: reason"."""
+    from django.db import DatabaseError
+
+    from experiments import readout
+
+    def broken(**kwargs: Any) -> list[dict[str, Any]]:
+        raise DatabaseError("relation shadow_parity is locked")
+
+    monkeypatch.setattr(readout.serving_logs, "shadow_parity_daily", broken)
+    with caplog.at_level("ERROR", logger="experiments.readout"):
+        data = readout.readout_data(experiment=analysed["experiment"], run=analysed["run"])
+    assert data["parity"] == []
+    assert data["unavailable"] == {"parity": "unavailable: DatabaseError: relation shadow_parity is locked"}
+    assert any(r.exc_info for r in caplog.records), "the error is logged with its traceback"
+    page = readout.render_html(data, standalone=False, plotly_src="/assets/plotly.js")
+    assert "Shadow parity unavailable: DatabaseError: relation shadow_parity is locked" in page
+    assert 'id="readout-forest"' in page and 'id="readout-latency"' in page
+    # The same document still renders after the failed read (the savepoint kept the transaction).
+    assert readout.readout_data(experiment=analysed["experiment"], run=analysed["run"])["result"]
+
+
 def test_hypothesis_text_is_escaped(analysed: dict[str, Any]) -> None:
     from experiments import readout
     from experiments.services import experiment_update_design

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from experiments.outcome import MetricOutcome
 from migrations_runbooks import capacity, gates
 from migrations_runbooks.gates import HOLD, PASS, ROLLBACK, WAIT, StepFacts, evaluate, summarize
 from tests.runbooks.conftest import analysis_result, metric
@@ -86,11 +87,12 @@ def test_inconclusive_guardrail_without_sequential_holds_when_mature():
 
 
 def test_higher_is_better_sequential_direction():
+    # Decided by experiments (the outcome adapter derives it for results stored without it).
     m = metric("time_spent", "guardrail", direction="higher", sequential={"ci": [-0.5, -0.1]})
-    assert gates.sequential_worse(m) is True
+    assert MetricOutcome.from_dict(m).sequential_worse is True
     m = metric("time_spent", "guardrail", direction="higher", sequential={"ci": [0.1, 0.5]})
-    assert gates.sequential_worse(m) is False
-    assert gates.sequential_worse(metric("x", "guardrail", sequential=None)) is None
+    assert MetricOutcome.from_dict(m).sequential_worse is False
+    assert MetricOutcome.from_dict(metric("x", "guardrail", sequential=None)).sequential_worse is None
 
 
 def test_primary_significantly_worse_holds_not_rolls_back():
@@ -281,5 +283,9 @@ def test_significantly_worse_within_the_margin_holds_and_beyond_it_rolls_back():
     assert outcome(result) == ROLLBACK
     # Absolute margins compare the difference (latency in ms, lower is better).
     m = metric("latency_p99", "guardrail", direction="lower", control_mean=40.0, treatment_mean=60.0)
-    assert gates._harm_beyond_margin({**m, "margin": 25.0, "margin_kind": "absolute"}) is False
-    assert gates._harm_beyond_margin({**m, "margin": 15.0, "margin_kind": "absolute"}) is True
+    assert (
+        MetricOutcome.from_dict({**m, "margin": 25.0, "margin_kind": "absolute"}).harm_beyond_margin is False
+    )
+    assert (
+        MetricOutcome.from_dict({**m, "margin": 15.0, "margin_kind": "absolute"}).harm_beyond_margin is True
+    )

@@ -7,6 +7,8 @@ experiments app from rows, exactly as in production.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from controlplane.core.models import AuditEvent, RankingStack
@@ -123,13 +125,14 @@ def test_fresh_analysis_is_reused_within_its_max_age(seeded, users, settings):
     rb.refresh_from_db()
     synthesize_day(surface=pages, day=(T0 + DAY).date(), units=600)
     first, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR)
-    again, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR + 4 * 60 * gates.dt.timedelta(seconds=1))
+    again, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + HOUR + dt.timedelta(minutes=4))
     later, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + 2 * HOUR)
-    assert again["analysis_run_id"] == first["analysis_run_id"] and again["reused_age_s"] == 240
-    assert later["analysis_run_id"] != first["analysis_run_id"] and "reused_age_s" not in later
+    assert first is not None and again is not None and later is not None
+    assert again.analysis_run_id == first.analysis_run_id and again.reused_age_s == 240
+    assert later.analysis_run_id != first.analysis_run_id and later.reused_age_s is None
     settings.RUNBOOKS_ANALYSIS_MAX_AGE_S = 0
     fresh, _ = gates.fresh_analysis(runbook=rb, now=T0 + DAY + 2 * HOUR)
-    assert fresh["analysis_run_id"] != later["analysis_run_id"]
+    assert fresh is not None and fresh.analysis_run_id != later.analysis_run_id
 
 
 def test_sweep_budget_defers_but_never_skips(seeded, users, scripted_analysis, scripted_parity):
@@ -188,3 +191,42 @@ def test_pages_promotes_through_a_multi_step_ramp_on_real_analysis(seeded, users
     run = AnalysisRun.objects.get(pk=rb.ship_decision["analysis_run_id"])
     both = next(h for h in run.result["health"] if h["check"] == "both_arms")
     assert both["ok"] and "left out" in both["detail"], both
+
+
+def test_a_failed_evidence_read_holds_the_step_with_its_reason(seeded, users, monkeypatch, caplog):
+    """A parity or serving read that fails is logged and becomes the reason a mature step holds."""
+    from django.db import DatabaseError
+
+    from migrations_runbooks import gates
+    from migrations_runbooks.gates import sources
+
+    rb = services.runbook_create(
+        surface=seeded["pages"], target_stack=seeded["unified"], actor=users["operator"], now=T0, steps=STEPS
+    )
+
+    def broken(**kwargs):
+        raise DatabaseError("canceling statement due to statement timeout")
+
+    monkeypatch.setattr(sources, "shadow_parity_daily", broken)
+    monkeypatch.setattr(sources, "serving_health", broken)
+    with caplog.at_level("ERROR", logger="migrations_runbooks.gates.sources"):
+        parity, parity_error = gates.fresh_parity(runbook=rb, since=T0)
+        serving, serving_error = gates.fresh_serving(runbook=rb, since=T0, until=T0 + DAY)
+    assert parity is None and parity_error == (
+        "shadow parity failed: DatabaseError: canceling statement due to statement timeout"
+    )
+    assert serving is None and serving_error.startswith("serving health failed: DatabaseError")
+    assert len([r for r in caplog.records if r.exc_info]) == 2
+    facts = gates.StepFacts(
+        name="shadow",
+        treatment_bp=0,
+        shadow_bp=1000,
+        min_duration_s=3600,
+        min_units=100,
+        gates=gates.DEFAULT_SHADOW_GATES,
+        elapsed_s=7200,
+        slo_ms=80.0,
+    )
+    held = gates.evaluate(facts, analysis=None, parity=parity, parity_error=parity_error)
+    assert gates.summarize(held) == gates.HOLD
+    assert any("statement timeout" in g.reason for g in gates.blocking(held))

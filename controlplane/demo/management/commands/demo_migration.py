@@ -50,7 +50,7 @@ DEMO_PARITY = {
     "error_rate": {"max": 0.01},
 }
 # The analysis keeps only units whose arm never changed during the ramp ("Crossover" in
-# experiments/analysis.py). The demo's users are one returning cohort (the same --users every day;
+# experiments/analysis/). The demo's users are one returning cohort (the same --users every day;
 # the small world has 1,500 users in all), first exposed at the first treated step, so the kept
 # treatment arm is that step's share of the cohort for the whole ramp: 15% of 1,200 ≈ 180 units
 # (the standard plan's 5% would keep ≈ 60). min_units is therefore a share of what a step can ever
