@@ -30,3 +30,20 @@ def test_unknown_api_urls_and_missing_objects_answer_json(client, users):
     )
     page = client.get("/no-such-page/")
     assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+
+
+def test_nul_characters_in_json_bodies_are_a_400_not_a_database_error(users, api_client_for):
+    op = api_client_for(users["operator"])
+    body = (
+        '{"key": "s1", "version": "1", "kind": "unified_mtl", "latency_slo_ms": 50,'
+        ' "offline_metrics": {"auc\\u0000": 0.7}}'
+    )
+    response = op.post("/api/v1/stacks/", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "parse_error" and "NUL" in response.json()["detail"]
+    # An escaped backslash before "u0000" is ordinary text, not a NUL.
+    escaped = body.replace("\\u0000", "\\\\u0000")
+    created = op.post("/api/v1/stacks/", escaped, content_type="application/json")
+    assert created.status_code == 201, created.content
+    form = op.post("/api/v1/stacks/", {"key": "s2"})  # multipart: only JSON bodies are accepted
+    assert form.status_code == 415
