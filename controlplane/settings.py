@@ -70,9 +70,12 @@ INSTALLED_APPS = [
     "rankers",
     "experiments",
     "migrations_runbooks",
+    "controlplane.ops",
 ]
 
 MIDDLEWARE = [
+    "controlplane.ops.middleware.RequestContextMiddleware",
+    "controlplane.ops.middleware.NulCharacterGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -174,6 +177,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["controlplane.core.permissions.IsViewer"],
+    # Request bodies are JSON only (the HTML pages post forms to Django views, not to the API).
+    "DEFAULT_PARSER_CLASSES": ["controlplane.core.parsers.JSONWithoutNulParser"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneAutoSchema",
     "EXCEPTION_HANDLER": "controlplane.core.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
@@ -192,6 +197,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents the shared error body (400/401/403/404/409/413/429) and has examples.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.schema.postprocess_errors_and_examples",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "StackStatusEnum": "controlplane.core.models.RankingStack.Status",
         "SurfaceStatusEnum": "controlplane.core.models.Surface.Status",
@@ -278,11 +288,17 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 RUNBOOKS_ANALYSIS_MAX_AGE_S = float(os.environ.get("RUNBOOKS_ANALYSIS_MAX_AGE_S", "300"))
 RUNBOOKS_TICK_BUDGET_S = float(os.environ.get("RUNBOOKS_TICK_BUDGET_S", "1.5"))
 
+# --- Operations (controlplane/ops) -------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line; the default "console" is for people (make run).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "console")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # structlog's formatter (controlplane/ops/logs.py) for every record, from structlog or logging.
+    "formatters": {"structured": {"()": "controlplane.ops.logs.formatter", "fmt": LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+# /metrics: operators (session or API token), or a scraper sending "Authorization: Bearer <token>".
+METRICS_SCRAPE_TOKEN = os.environ.get("METRICS_SCRAPE_TOKEN", "")

@@ -107,7 +107,7 @@ class ExperimentListApi(APIView):
     class InputSerializer(serializers.Serializer):
         surface = serializers.SlugField()
         key = serializers.SlugField(max_length=80)
-        name = serializers.CharField(max_length=160, required=False, default="")
+        name = serializers.CharField(max_length=160, required=False, allow_blank=True, default="")
         hypothesis = serializers.CharField(required=False, allow_blank=True, default="")
         treatment_stack = serializers.CharField(help_text="key@version of the unified stack")
         salt = serializers.CharField(max_length=64, help_text="allocation salt whose exposures are analysed")

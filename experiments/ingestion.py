@@ -49,6 +49,7 @@ import pandas as pd
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from controlplane.core import telemetry
 from controlplane.core.assignment import bucket as assignment_bucket
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import Allocation, Population, RankingStack, Surface
@@ -568,6 +569,12 @@ def _close_batch(batch: IngestBatch, errors: _Errors, received: int) -> None:
     model_update(
         instance=batch,
         data={"accepted": accepted, "rejected": rejected, "errors": errors.sorted(), "status": status},
+    )
+    telemetry.ingest_counted(
+        kind=batch.kind,
+        accepted=accepted,
+        rejected=rejected,
+        reasons=(str(e["field"]) for e in errors.items),
     )
 
 

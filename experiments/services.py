@@ -18,6 +18,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from controlplane.core import telemetry
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import Allocation, RankingStack, Surface
 from controlplane.core.services import Actor, audit_record
@@ -853,6 +854,7 @@ def experiment_analyze(
         rollup_days=len(rollup.folded) if rollup else 0,
     )
     analysis_ms = (time.perf_counter() - started) * 1000
+    telemetry.analysis_finished(source=source, seconds=(query_ms + analysis_ms) / 1000)
     run = AnalysisRun.objects.create(
         experiment=experiment,
         source=source,
