@@ -15,7 +15,7 @@ Refused with 400, naming the parameter (``errors: {name: [message]}``):
   more than 4, and CPython's parser raises ``RecursionError`` at about 1,000.
 
 Numbers are bounded where they mean something: ingested metric values beyond
-``INGEST_MAX_ABS_VALUE`` are a per-row error (``experiments.ingestion``). Anything that still
+``experiments.ingestion.MAX_ABS_VALUE`` (1e15) are a per-row error (``experiments.ingestion``). Anything that still
 reaches PostgreSQL out of range (``DataError``) is mapped to 400 by the API's exception handler
 (``controlplane.errors``) and, for pages, by this middleware, as a last resort.
 

@@ -77,9 +77,12 @@ INSTALLED_APPS = [
     "rankers",
     "experiments",
     "migrations_runbooks",
+    "controlplane.ops",
 ]
 
 MIDDLEWARE = [
+    "controlplane.ops.middleware.RequestContextMiddleware",
+    "controlplane.ops.middleware.NulCharacterGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -181,9 +184,6 @@ WHITENOISE_USE_FINDERS = True
 # bodies up to 256 MiB and answer a larger one with a JSON 413 naming this limit (controlplane/edge.py).
 # Every other endpoint keeps Django's 2.5 MiB DATA_UPLOAD_MAX_MEMORY_SIZE.
 INGEST_MAX_BODY_BYTES = int(os.environ.get("INGEST_MAX_BODY_BYTES", str(256 * 1024 * 1024)))
-# Ingested metric values beyond this magnitude are a per-row error: sums of squares of larger values
-# overflow the analysis' float64 accumulators.
-INGEST_MAX_ABS_VALUE = float(os.environ.get("INGEST_MAX_ABS_VALUE", "1e12"))
 
 # Webhook receivers may only be public addresses (migrations_runbooks/webhook_guard.py); an operator
 # who runs an internal receiver names it here: host names, IPs or CIDR networks, comma-separated.
@@ -224,11 +224,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["controlplane.core.permissions.IsViewer"],
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.ControlPlaneAutoSchema",
     "EXCEPTION_HANDLER": "controlplane.core.errors.api_exception_handler",
-    "DEFAULT_PARSER_CLASSES": [
-        "controlplane.edge.GuardedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # Request bodies are JSON only (the HTML pages post forms to Django views, not to the API),
+    # through the edge guard: no NUL, no unpaired surrogate, no nesting beyond 32 (controlplane/edge.py;
+    # it does what controlplane.core.parsers.JSONWithoutNulParser does, and more).
+    "DEFAULT_PARSER_CLASSES": ["controlplane.edge.GuardedJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_THROTTLE_RATES": {"login": "10/min"},
@@ -252,6 +251,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents the shared error body (400/401/403/404/409/413/429) and has examples.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.schema.postprocess_errors_and_examples",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "StackStatusEnum": "controlplane.core.models.RankingStack.Status",
         "SurfaceStatusEnum": "controlplane.core.models.Surface.Status",
@@ -338,11 +342,15 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 RUNBOOKS_ANALYSIS_MAX_AGE_S = float(os.environ.get("RUNBOOKS_ANALYSIS_MAX_AGE_S", "300"))
 RUNBOOKS_TICK_BUDGET_S = float(os.environ.get("RUNBOOKS_TICK_BUDGET_S", "1.5"))
 
+# --- Operations (controlplane/ops) -------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line; the default "console" is for people (make run).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "console")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # structlog's formatter (controlplane/ops/logs.py) for every record, from structlog or logging.
+    "formatters": {"structured": {"()": "controlplane.ops.logs.formatter", "fmt": LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }
@@ -365,3 +373,5 @@ CONTENT_SECURITY_POLICY = {
         "form-action": ["'self'"],
     }
 }
+# /metrics: operators (session or API token), or a scraper sending "Authorization: Bearer <token>".
+METRICS_SCRAPE_TOKEN = os.environ.get("METRICS_SCRAPE_TOKEN", "")

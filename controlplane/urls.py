@@ -24,6 +24,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", include("controlplane.ops.urls")),  # /metrics, /healthz, /readyz
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -44,3 +45,8 @@ for module in (
 
 # Login/logout (rate-limited login; templates live with the web UI).
 urlpatterns.append(path("accounts/", include("controlplane.web.account_urls")))
+
+# Unknown URLs, malformed requests and crashes under /api/ answer in the API's JSON error shape.
+handler400 = "controlplane.core.errors.bad_request"
+handler404 = "controlplane.core.errors.page_not_found"
+handler500 = "controlplane.core.errors.server_error"

@@ -11,6 +11,21 @@ needs (DESIGN.md, "Analysis pushes work to the data")::
 Column names are ``"<metric>__<field>"`` with the field names of the statistics engine's
 dataclasses (``sum``, ``sum_squares``, ``x_sum`` …), so a row feeds ``from_row`` directly.
 
+Numerical stability (DESIGN.md; experiments/stats/statistics.py explains the choice). Every sum
+is of SHIFTED per-unit values: Σ(y − K), Σ(y − K)², Σ(y − K)³, Σ(x − Kx)(y − K), … where K is,
+per per-unit variable, the value of ONE unit: a one-row CTE ``k`` (the experiment's smallest
+unit id, found on the exposures' unique index, so the text is deterministic; its values come
+from its own rollup row and rows, never from a second read of ``j``, which would make PostgreSQL
+materialise ``j`` and drop the parallel plan) read by the final aggregate through a cross join. The
+shift is returned in a ``"<metric>__shift"`` column (``x_shift``, ``num_shift``, ``den_shift``,
+``pre_num_shift``, ``pre_den_shift``) of every row, so a row stays a self-contained sufficient
+statistic. Any K inside the data's range keeps full precision (the rounding error of s² grows
+with ((ȳ − K)/s)²); one unit's value is inside it by construction, costs no second aggregate,
+and runs in every dialect. All rows of one query share K;
+rows with different shifts (other queries, warehouse batches) are moved to a common K before
+they are added (:func:`add_row`, exact algebra). Mean and proportion metrics also get
+``sum_cubes`` = Σ(y − K)³, from which the engine reports each arm's skewness.
+
 Rows are grouped by first-exposure day as well because units are disjoint across days, so the
 per-day rows ADD: the warehouse path uploads exactly these rows and the analysis sums them the
 same way (sufficient statistics of disjoint unit sets add; sums over days of one unit would not).
@@ -47,15 +62,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experiments.metrics import metric_components
+from experiments.stats.statistics import MOMENT_VARS, SHIFT_FIELDS, reshift
 
 EXPOSURE_TABLE = "experiments_exposure"
 WORK_MEM = os.environ.get("EXPERIMENTS_ANALYSIS_WORK_MEM", "1GB")
 METRIC_TABLE = "experiments_metricobservation"
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 
-MEAN_FIELDS = ("sum", "sum_squares")
-COVARIATE_FIELDS = ("x_sum", "x_sum_squares", "xy_sum")
-RATIO_FIELDS = ("num_sum", "num_sum_squares", "den_sum", "den_sum_squares", "num_den_sum")
+MEAN_FIELDS = ("sum", "sum_squares", "sum_cubes", "shift")
+COVARIATE_FIELDS = ("x_sum", "x_sum_squares", "xy_sum", "x_shift")
+RATIO_FIELDS = (
+    "num_sum",
+    "num_sum_squares",
+    "den_sum",
+    "den_sum_squares",
+    "num_den_sum",
+    "num_shift",
+    "den_shift",
+)
 RATIO_COVARIATE_FIELDS = (
     "pre_num_sum",
     "pre_num_sum_squares",
@@ -66,7 +90,14 @@ RATIO_COVARIATE_FIELDS = (
     "num_pre_den_sum",
     "den_pre_num_sum",
     "den_pre_den_sum",
+    "pre_num_shift",
+    "pre_den_shift",
 )
+# Columns an upload may leave out (SQL exported before the shifted sums): K = 0, no Σ(y − K)³.
+OPTIONAL_FIELDS = frozenset(SHIFT_FIELDS.values()) | {"sum_cubes", "cap"}
+# Columns that are the same in every row of one query (not sums): they do not add.
+CONSTANT_FIELDS = frozenset(SHIFT_FIELDS.values()) | {"cap"}
+CAP_SOURCES = ("control", "pre")
 GROUP_FIELDS = ("arm", "population", "day", "allocation_version", "n")
 BUCKETS = 10_000
 
@@ -133,12 +164,20 @@ class AggregateMetric:
     numerator: str = ""
     denominator: str = ""
     cuped: bool = False
+    # Pre-registered capping (mean metrics): winsorise every unit's value (and its covariate) at
+    # this quantile of the control arm's values, or of all units' pre-period values ("pre").
+    cap_quantile: float | None = None
+    cap_source: str = "control"  # control | pre
+
+    @property
+    def capped(self) -> bool:
+        return self.cap_quantile is not None and self.kind == "mean"
 
     def fields(self) -> tuple[str, ...]:
         """The sufficient-statistic columns this metric gets (besides the shared ``n``)."""
         if self.kind == "ratio":
             return RATIO_FIELDS + (RATIO_COVARIATE_FIELDS if self.cuped else ())
-        return MEAN_FIELDS + (COVARIATE_FIELDS if self.cuped else ())
+        return MEAN_FIELDS + (COVARIATE_FIELDS if self.cuped else ()) + (("cap",) if self.capped else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +198,11 @@ class AggregateSpec:
 
     @property
     def has_pre(self) -> bool:
-        return self.pre_start is not None and self.pre_end is not None and any(m.cuped for m in self.metrics)
+        return (
+            self.pre_start is not None
+            and self.pre_end is not None
+            and any(m.cuped or (m.capped and m.cap_source == "pre") for m in self.metrics)
+        )
 
 
 COUNTER_TABLE = "experiments_metricdaywrite"
@@ -255,7 +298,26 @@ def pivot_columns(
         joined_exprs.setdefault(name, expression)
         return name
 
-    for m in spec.metrics:
+    cap_alias = ""  # the capped metric's one-row CTE (see cap_ctes), "" when not capped
+
+    # ``j`` holds, per per-unit variable, the shifted value ``v_…`` = value − K (build_query); a
+    # capped metric's ``v_…`` stays raw, to be capped here first. ``k`` holds K.
+    def value(which: str, name: str) -> str:
+        col = f"{which}.{_alias_col(name)}"
+        if not cap_alias:
+            return col
+        # Winsorised at the pre-registered cap (portable CASE, not LEAST: SQLite lacks it).
+        return f"CASE WHEN {col} > {cap_alias}.cap THEN {cap_alias}.cap ELSE {col} END"
+
+    def shifted(name: str) -> str:
+        if not cap_alias:
+            return f"(j.{_alias_col(name)})"
+        return f"({value('j', name)} - {value('k', name)})"
+
+    for index, m in enumerate(spec.metrics):
+        cap_alias = _cap_alias(index) if m.capped else ""
+        if m.capped and m.cap_source == "pre" and has_pre:
+            per_unit(f"{m.key}:x", unit_value(m.key, "p", "sum"))
         cuped = m.cuped and has_pre
         pairs: list[tuple[str, str | None, str | None]]
         if m.kind == "ratio":
@@ -267,6 +329,7 @@ def pivot_columns(
                 ("den_sum", den, None),
             ]
             pairs += [("den_sum_squares", den, den), ("num_den_sum", num, den)]
+            pairs += [("num_shift", num, "shift"), ("den_shift", den, "shift")]
             if cuped:
                 pn = per_unit(f"{m.key}:pre_num", unit_value(m.numerator, "p", "sum"))
                 pd = per_unit(f"{m.key}:pre_den", unit_value(m.denominator, "p", "sum"))
@@ -280,6 +343,8 @@ def pivot_columns(
                     ("num_pre_den_sum", num, pd),
                     ("den_pre_num_sum", den, pn),
                     ("den_pre_den_sum", den, pd),
+                    ("pre_num_shift", pn, "shift"),
+                    ("pre_den_shift", pd, "shift"),
                 ]
             elif m.cuped:
                 pairs += [(f, None, None) for f in RATIO_COVARIATE_FIELDS]
@@ -288,22 +353,80 @@ def pivot_columns(
             if m.kind == "proportion" and len(metric_components(m.key)) != 1:
                 raise ValueError(f"proportion metric {m.key} must be one ingested key")
             y = per_unit(f"{m.key}:y", unit_value(m.key, "w", agg))
-            pairs = [("sum", y, None), ("sum_squares", y, y)]
+            pairs = [("sum", y, None), ("sum_squares", y, y), ("sum_cubes", y, "cube"), ("shift", y, "shift")]
             if cuped:
                 x = per_unit(f"{m.key}:x", unit_value(m.key, "p", agg))
-                pairs += [("x_sum", x, None), ("x_sum_squares", x, x), ("xy_sum", x, y)]
+                pairs += [
+                    ("x_sum", x, None),
+                    ("x_sum_squares", x, x),
+                    ("xy_sum", x, y),
+                    ("x_shift", x, "shift"),
+                ]
             elif m.cuped:
                 pairs += [(f, None, None) for f in COVARIATE_FIELDS]
+        if cap_alias:
+            outputs.append((_quote_alias(f"{m.key}__cap"), f"{OUTER}{cap_alias}.cap"))
         for fname, a, b in pairs:
             alias = _quote_alias(f"{m.key}__{fname}")
             if a is None:
                 # CUPED asked for but no pre-period: the covariate is identically 0 (θ = 0).
                 outputs.append((alias, "0.0"))
             elif b is None:
-                outputs.append((alias, f"SUM(j.{_alias_col(a)})"))
+                outputs.append((alias, f"SUM{shifted(a)}"))
+            elif b == "shift":
+                # K, the same in every row of the query: selected around the group sums.
+                outputs.append((alias, OUTER + value("k", a)))
+            elif b == "cube":
+                outputs.append((alias, f"SUM({shifted(a)} * {shifted(a)} * {shifted(a)})"))
             else:
-                outputs.append((alias, f"SUM(j.{_alias_col(a)} * j.{_alias_col(b)})"))
+                outputs.append((alias, f"SUM({shifted(a)} * {shifted(b)})"))
     return dict(columns.names), joined_exprs, outputs
+
+
+def _cap_alias(index: int) -> str:
+    return f"cap{index}"
+
+
+# Marks an output of ``pivot_columns`` that is not a group sum but a per-query constant (a shift
+# K or a cap), selected around the grouped sums (build_query).
+OUTER = "@outer:"
+
+
+def capped_names(spec: AggregateSpec) -> set[str]:
+    """Per-unit variables of capped metrics: ``j`` keeps them raw (capped, then shifted, at the end)."""
+    return {f"{m.key}:{v}" for m in spec.metrics if m.capped for v in ("y", "x")}
+
+
+def cap_ctes(spec: AggregateSpec) -> list[tuple[str, str]]:
+    """One-row CTEs ``capN(cap)``: each capped metric's pre-registered cap, computed in SQL.
+
+    The cap is the ``cap_quantile`` of the per-unit values in ``j`` — the control arm's window
+    values (``control``), or every unit's pre-period values (``pre``; the control arm when the
+    design has no pre-period) — as ``percentile_disc``: the smallest value whose rank reaches
+    q·count. Window functions, so it runs on PostgreSQL, SQLite ≥ 3.25 and the warehouses; no
+    units: the cap is NULL and nothing is capped.
+    """
+    out = []
+    for index, m in enumerate(spec.metrics):
+        if not m.capped:
+            continue
+        q = float(m.cap_quantile)  # type: ignore[arg-type]
+        if not 0.0 < q < 1.0:
+            raise ValueError(f"cap_quantile of {m.key} must be in (0, 1), got {q}")
+        if m.cap_source == "pre" and spec.has_pre:
+            col, where = _alias_col(f"{m.key}:x"), ""
+        else:
+            col, where = _alias_col(f"{m.key}:y"), " WHERE j.arm = 'control'"
+        out.append(
+            (
+                _cap_alias(index),
+                "SELECT MIN(s.v) AS cap FROM (\n"
+                f"    SELECT j.{col} AS v, ROW_NUMBER() OVER (ORDER BY j.{col}) AS rn, COUNT(*) OVER () AS cnt\n"
+                f"    FROM j{where}\n"
+                f"  ) s WHERE s.rn >= {q!r} * s.cnt",
+            )
+        )
+    return out
 
 
 def _periods(spec: AggregateSpec) -> tuple[tuple[str, str], tuple[str, str] | None]:
@@ -377,12 +500,19 @@ def _days_sql(days: Iterable[dt.date], alias: str = "m") -> str:
     return f"({ranges})"
 
 
-def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[str, list[Any]]:
+def build_query(
+    spec: AggregateSpec, rollup: RollupUse | None = None, *, materialize: bool = False
+) -> tuple[str, list[Any]]:
     """The aggregate query as (SQL with %s placeholders, parameters), for Django's cursor.
 
     With ``rollup`` (PostgreSQL, experiments/rollups.py, which checked that its folded days are
     unchanged) each unit's values are its rollup row's plus a pivot of the rows of the days the
     rollup has not folded. Without it the query is portable SQL over the rows alone.
+
+    ``materialize`` (PostgreSQL, ``run_query``) writes ``j AS MATERIALIZED``: each unit's shifted
+    values are then computed once, where an inlined ``j`` repeats the subtraction in every sum
+    that reads it (measured 2× slower through a rollup, bench/readout.py). The exported text
+    leaves it out (not every warehouse dialect has the hint).
     """
     names, joined_exprs, outputs = pivot_columns(spec)
     window, pre = _periods(spec)
@@ -401,16 +531,21 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
 
     agg_of = {col: agg for (_k, _p, agg), col in names.items()}
 
-    def column(col: str) -> str:
+    def column(col: str, p: str = "p", r: str = "r") -> str:
         """A unit's value of one pivot column: the rollup's plus the rows' (0 when neither has it)."""
         if len(sources) == 1:
-            return f"COALESCE({sources[0]}.{col}, 0)"
+            return f"COALESCE({p if sources[0] == 'p' else r}.{col}, 0)"
         if agg_of[col] == "max":
-            return f"COALESCE(GREATEST(p.{col}, r.{col}), 0)"
-        return f"(COALESCE(p.{col}, 0) + COALESCE(r.{col}, 0))"
+            return f"COALESCE(GREATEST({p}.{col}, {r}.{col}), 0)"
+        return f"(COALESCE({p}.{col}, 0) + COALESCE({r}.{col}, 0))"
 
     joined = {
         name: expr.format_map({c: column(c) for c in names.values()}) for name, expr in joined_exprs.items()
+    }
+    # The same per-unit values for the one unit that gives the shifts K (aliases pk, rk).
+    joined_k = {
+        name: expr.format_map({c: column(c, "pk", "rk") for c in names.values()})
+        for name, expr in joined_exprs.items()
     }
     params: list[Any] = [spec.surface_id, spec.salt, window[1], *stable_params]
     # Per-unit pivot first (one hash aggregate over the metric rows), then a join to the
@@ -437,17 +572,51 @@ def build_query(spec: AggregateSpec, rollup: RollupUse | None = None) -> tuple[s
             sql += "p AS (\n  " + pivot + "\n),\n"
             params += pivot_params
             source += " LEFT JOIN p ON p.unit_id = u.unit_id"
+    caps = cap_ctes(spec)
+    raw = capped_names(spec)
+    # The shifts K: every per-unit value of ONE unit, the experiment's smallest unit id (found on
+    # the exposures' unique index): its rollup row (a primary-key lookup) plus its row in ``p``.
+    one_unit = (
+        f"(SELECT MIN(e1.unit_id) FROM {exposure_table} e1 "
+        "WHERE e1.surface_id = %s AND e1.salt = %s AND e1.arm IN ('control', 'treatment'))"
+    )
+    k_source = f"FROM (SELECT {one_unit} AS unit_id) one"
+    params += [spec.surface_id, spec.salt]
+    if "r" in sources:
+        k_source += f" LEFT JOIN {_check_table(rollup.table)} rk ON rk.unit_id = one.unit_id"  # type: ignore[union-attr]
+    if "p" in sources:
+        # The unit's unfolded rows from the pivot ``p`` itself (a second scan of the rows for one
+        # unit would cost as much as the first: there is no index by unit).
+        k_source += " LEFT JOIN p pk ON pk.unit_id = one.unit_id"
     sql += (
-        "j AS (\n"
-        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    "
-        + ",\n    ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined.items())
-        + "\n"
-        f"  {source}\n"
-        ")\n"
+        "k AS (\n  SELECT "
+        + ", ".join(f"{expr} AS {_alias_col(name)}" for name, expr in joined_k.items())
+        + f"\n  {k_source}\n),\n"
+    )
+    # Per unit: the shifted values (one subtraction per variable, so the group sums below are as
+    # cheap as raw ones); K itself is selected once, around the grouped sums.
+    columns_j = []
+    for name, expr in joined.items():
+        col = _alias_col(name)
+        columns_j.append(f"{expr} AS {col}" if name in raw else f"{expr} - k.{col} AS {col}")
+    sums = [(alias, agg) for alias, agg in outputs if not agg.startswith(OUTER)]
+    constants = [(alias, agg.removeprefix(OUTER)) for alias, agg in outputs if agg.startswith(OUTER)]
+    cross = " CROSS JOIN k" + "".join(f" CROSS JOIN {alias}" for alias, _ in caps)
+    sql += (
+        f"j AS {'MATERIALIZED ' if materialize else ''}(\n"
+        "  SELECT u.arm, u.population, u.day, u.allocation_version,\n    " + ",\n    ".join(columns_j) + "\n"
+        f"  {source} CROSS JOIN k\n"
+        ")"
+        + "".join(f",\n{alias} AS (\n  {body}\n)" for alias, body in caps)
+        + "\nSELECT g.*,\n  "
+        + ",\n  ".join(f"{expr} AS {alias}" for alias, expr in constants)
+        + "\nFROM (\n"
         "SELECT j.arm, j.population, j.day, j.allocation_version, COUNT(*) AS n,\n  "
-        + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in outputs)
-        + "\nFROM j\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
-        "ORDER BY j.arm, j.population, j.day, j.allocation_version"
+        + ",\n  ".join(f"{agg} AS {alias}" for alias, agg in sums)
+        + f"\nFROM j{cross}"
+        + "\nGROUP BY j.arm, j.population, j.day, j.allocation_version\n"
+        f") g{cross}\n"
+        "ORDER BY g.arm, g.population, g.day, g.allocation_version"
     )
     return sql, params
 
@@ -515,7 +684,7 @@ def render_sql(sql: str, params: Sequence[Any]) -> str:
 
 def run_query(spec: AggregateSpec, connection: Any, rollup: RollupUse | None = None) -> list[dict[str, Any]]:
     """Execute the aggregate query on a Django connection; rows as dicts (day as ISO text)."""
-    sql, params = build_query(spec, rollup)
+    sql, params = build_query(spec, rollup, materialize=connection.vendor == "postgresql")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and not connection.get_autocommit():
             # Transaction-local planner settings for this analytic query (measured, bench/readout.py):
@@ -560,7 +729,8 @@ def validate_rows(
     """
     errors: dict[str, list[str]] = {}
     clean: list[dict[str, Any]] = []
-    needed = [f"{m.key}__{f}" for m in metrics for f in m.fields()]
+    needed = [f"{m.key}__{f}" for m in metrics for f in m.fields() if f not in OPTIONAL_FIELDS]
+    optional = [f"{m.key}__{f}" for m in metrics for f in m.fields() if f in OPTIONAL_FIELDS]
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             errors.setdefault(f"rows[{i}]", []).append("must be an object")
@@ -578,35 +748,76 @@ def validate_rows(
             value = row.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 errors.setdefault(f"rows[{i}].{name}", []).append("must be a non-negative integer")
-        for col in needed:
+        present = [c for c in optional if c in row]
+        for col in (*needed, *present):
             value = row.get(col)
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
                 errors.setdefault(f"rows[{i}].{col}", []).append("must be a finite number")
         if not any(k.startswith(f"rows[{i}]") for k in errors):
-            clean.append(normalise_row({k: row[k] for k in (*GROUP_FIELDS, *needed)}))
+            clean.append(normalise_row({k: row[k] for k in (*GROUP_FIELDS, *needed, *present)}))
     return clean, errors
+
+
+_GROUP_KEYS = frozenset(("arm", "population", "day", "allocation_version"))
+
+
+def add_row(bucket: dict[str, Any], row: Mapping[str, Any]) -> None:
+    """Add one row of sufficient statistics into ``bucket`` (disjoint units: sums add).
+
+    ``n`` and every ``<metric>__<sum>`` column add; ``<metric>__<shift>`` columns are not sums:
+    the bucket keeps its first row's K, and a row with another K has its sums moved to the
+    bucket's K first (``experiments.stats.reshift``). A ``sum_cubes`` missing from either side
+    makes the total unknown (``None``).
+    """
+    if not bucket:
+        bucket.update({k: v for k, v in row.items() if k not in _GROUP_KEYS})
+        return
+    n_row = row.get("n", 0)
+    by_metric: dict[str, dict[str, Any]] = {}
+    for key, value in row.items():
+        if key in _GROUP_KEYS or key == "n":
+            continue
+        prefix, _, name = key.rpartition("__")
+        by_metric.setdefault(prefix, {})[name] = value
+    for prefix, cols in by_metric.items():
+        shifts_row = {v: float(cols.get(f, 0.0)) for v, f in SHIFT_FIELDS.items() if f in cols}
+        shifts_bucket = {v: float(bucket.get(f"{prefix}__{SHIFT_FIELDS[v]}", 0.0)) for v in shifts_row}
+        sums = {name: value for name, value in cols.items() if name not in CONSTANT_FIELDS}
+        if shifts_row != shifts_bucket and all(name in MOMENT_VARS for name in sums):
+            sums = reshift(n_row, sums, shifts_row, shifts_bucket)
+        for name, value in sums.items():
+            key = f"{prefix}__{name}"
+            old = bucket.get(key, 0.0) if key in bucket or name != "sum_cubes" else None
+            bucket[key] = None if old is None or value is None else old + value
+        for name in cols:
+            if name in CONSTANT_FIELDS:
+                bucket.setdefault(f"{prefix}__{name}", cols[name])
+    bucket["n"] = bucket.get("n", 0) + n_row
 
 
 def sum_rows(
     rows: Iterable[Mapping[str, Any]], *, until: str | None = None
 ) -> dict[tuple[str, str], dict[str, float]]:
-    """Add per-day rows into per (arm, population) totals (disjoint units: sums add)."""
+    """Add per-day rows into per (arm, population) totals (disjoint units: sums add, see add_row)."""
     totals: dict[tuple[str, str], dict[str, float]] = {}
     for row in rows:
         if until is not None and str(row["day"]) > until:
             continue
-        bucket = totals.setdefault((str(row["arm"]), str(row["population"])), {})
-        for key, value in row.items():
-            if key in ("arm", "population", "day", "allocation_version"):
-                continue
-            bucket[key] = bucket.get(key, 0) + value
+        add_row(totals.setdefault((str(row["arm"]), str(row["population"])), {}), row)
     return totals
 
 
-def metric_row(totals: Mapping[str, float], metric: AggregateMetric) -> dict[str, float]:
-    """The ``from_row`` mapping of one metric: shared n + its prefixed columns."""
+def metric_row(totals: Mapping[str, Any], metric: AggregateMetric) -> dict[str, Any]:
+    """The ``from_row`` mapping of one metric: shared n + its prefixed columns.
+
+    A missing shift is 0 (raw sums); a missing ``sum_cubes`` or ``cap`` is ``None``.
+    """
     prefix = f"{metric.key}__"
-    out: dict[str, float] = {"n": int(totals.get("n", 0))}
+    out: dict[str, Any] = {"n": int(totals.get("n", 0))}
     for name in metric.fields():
-        out[name] = float(totals.get(prefix + name, 0.0))
+        value = totals.get(prefix + name)
+        if name in ("sum_cubes", "cap"):
+            out[name] = None if value is None else float(value)
+        else:
+            out[name] = float(value) if value is not None else 0.0
     return out

@@ -90,6 +90,9 @@ class MetricInput(serializers.Serializer):
     margin = serializers.FloatField(required=False, allow_null=True)
     margin_kind = serializers.ChoiceField(choices=ExperimentMetric.MarginKind.choices, required=False)
     cuped = serializers.BooleanField(required=False)
+    # Pre-registered capping (mean metrics): winsorise at this quantile of cap_source.
+    cap_quantile = serializers.FloatField(required=False, allow_null=True)
+    cap_source = serializers.ChoiceField(choices=ExperimentMetric.CapSource.choices, required=False)
     # Inline definition of a metric that does not exist yet.
     name = serializers.CharField(max_length=120, required=False)
     kind = serializers.ChoiceField(choices=MetricDefinition.Kind.choices, required=False)
@@ -104,7 +107,7 @@ class ExperimentListApi(APIView):
     class InputSerializer(serializers.Serializer):
         surface = serializers.SlugField()
         key = serializers.SlugField(max_length=80)
-        name = serializers.CharField(max_length=160, required=False, default="")
+        name = serializers.CharField(max_length=160, required=False, allow_blank=True, default="")
         hypothesis = serializers.CharField(required=False, allow_blank=True, default="")
         treatment_stack = serializers.CharField(help_text="key@version of the unified stack")
         salt = serializers.CharField(max_length=64, help_text="allocation salt whose exposures are analysed")

@@ -17,7 +17,8 @@ What is atomic and what is partial
 
 Validation (each gives a per-row error): an unknown unit (no exposure logged for it on the surface,
 by the router or the exposures endpoint), an unknown or non-ingestible metric key, a negative or
-non-finite value or one larger than ``INGEST_MAX_ABS_VALUE`` (1e12) (every ingestible metric is a count, a sum of seconds or a duration), a day or
+non-finite value (every ingestible metric is a count, a sum of seconds or a duration), a value
+beyond ``MAX_ABS_VALUE`` (1e15, see below), a day or
 timestamp out of range (older than ``INGEST_MAX_AGE_DAYS``, default 400 days, for metric rows and
 ``INGEST_EVENT_MAX_AGE_DAYS``, default 35, for events and samples; later than now + 1 day for
 days, now + 5 minutes for timestamps).
@@ -45,10 +46,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from controlplane.core import telemetry
 from controlplane.core.assignment import bucket as assignment_bucket
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import Allocation, Population, RankingStack, Surface
@@ -57,6 +58,11 @@ from controlplane.serving.models import Exposure, IngestBatch
 from experiments.models import MetricDefinition, MetricObservation
 
 MAX_ROWS_PER_BATCH = 2_000_000
+# The documented bound on one ingested value (metric rows, event values, latency ms): |v| ≤ 1e15.
+# Counts stay exact integers below 2**53 ≈ 9.0e15, and the analysis squares and cubes per-unit
+# sums over windows of up to INGEST_MAX_AGE_DAYS days: (400 · 1e15)³ · 1e9 units ≈ 6e61, far from
+# float64's 1.8e308, so no sum can overflow (1e308 used to be accepted and overflow the analysis).
+MAX_ABS_VALUE = 1e15
 ARMS = ("holdout", "control", "treatment")
 
 # key: (name, kind, direction, numerator, denominator, quantile, ingestible, description)
@@ -339,13 +345,10 @@ def _check_values(
     errors.add_mask(
         ~not_number & finite & (numeric < 0), field, "negative count: values must be zero or more"
     )
-    # Documented bound (settings.INGEST_MAX_ABS_VALUE, 1e12): a larger finite value would overflow
-    # the analysis' sums of squares and cross products.
-    bound = float(getattr(settings, "INGEST_MAX_ABS_VALUE", 1e12))
     errors.add_mask(
-        ~not_number & finite & (numeric > bound),
+        ~not_number & finite & (np.abs(numeric) > MAX_ABS_VALUE),
         field,
-        f"larger than the bound {bound:g} (INGEST_MAX_ABS_VALUE)",
+        lambda i: f"{numeric[i]:g} is beyond the bound |value| <= {MAX_ABS_VALUE:g} (MAX_ABS_VALUE)",
     )
     return numeric
 
@@ -575,6 +578,12 @@ def _close_batch(batch: IngestBatch, errors: _Errors, received: int) -> None:
     model_update(
         instance=batch,
         data={"accepted": accepted, "rejected": rejected, "errors": errors.sorted(), "status": status},
+    )
+    telemetry.ingest_counted(
+        kind=batch.kind,
+        accepted=accepted,
+        rejected=rejected,
+        reasons=(str(e["field"]) for e in errors.items),
     )
 
 

@@ -43,7 +43,7 @@ INGEST_DESCRIPTION = (
     "new `client_batch_id` (e.g. `<id>-fix1`); `GET /api/v1/ingest/batches/{kind}/{id}/?surface=` shows "
     "which rows were rejected and why. "
     "Rows are rejected for an unknown unit (no exposure on the surface), unknown metric or event type, "
-    "negative, non-finite or too large values (beyond INGEST_MAX_ABS_VALUE, 1e12), and days/timestamps "
+    "negative, non-finite or too large values (beyond MAX_ABS_VALUE, 1e15), and days/timestamps "
     "out of range. PostgreSQL writes use COPY. **Body limit:** INGEST_MAX_BODY_BYTES (256 MiB, enough "
     "for the 2,000,000 rows a batch may hold); a larger body gets a JSON 413 naming the limit."
 )

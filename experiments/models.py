@@ -129,6 +129,18 @@ class ExperimentMetric(models.Model):
     cuped = models.BooleanField(default=True, help_text="Adjust with the same metric over the pre-period")
     position = models.PositiveSmallIntegerField(default=0)
 
+    class CapSource(models.TextChoices):
+        CONTROL = "control", "Control arm"
+        PRE = "pre", "Pre-period"
+
+    cap_quantile = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Pre-registered capping (mean metrics): winsorise each unit's value at this quantile "
+        "(0.5 < q < 1), taken from cap_source",
+    )
+    cap_source = models.CharField(max_length=8, choices=CapSource.choices, default=CapSource.CONTROL)
+
     class Meta:
         ordering = ["experiment", "position", "id"]
         constraints = [
@@ -136,6 +148,11 @@ class ExperimentMetric(models.Model):
             models.CheckConstraint(
                 condition=models.Q(margin__isnull=True) | models.Q(margin__gt=0),
                 name="experiment_margin_positive",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cap_quantile__isnull=True)
+                | (models.Q(cap_quantile__gt=0.5) & models.Q(cap_quantile__lt=1)),
+                name="experiment_cap_quantile_range",
             ),
         ]
 

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from experiments.stats import EquivalenceResult, NonInferiorityResult, SequentialResult
+from experiments.stats.skew import SkewRule
 
 SCHEMA_VERSION = 2
 POOLED = "pooled"
@@ -134,6 +135,43 @@ def beyond_margin(direction: str, ci: Interval | None, threshold: float | None) 
 
 
 @dataclass(frozen=True, slots=True)
+class Capping:
+    """A pre-registered cap (mean metrics): winsorised at ``quantile`` of ``source``; ``cap`` the value."""
+
+    quantile: float
+    source: str  # control | pre
+    cap: float | None = None
+
+    @property
+    def note(self) -> str:
+        """How the readout names the cap."""
+        where = "the pre-period" if self.source == "pre" else "the control arm"
+        value = f" = {self.cap:.6g}" if self.cap is not None else ""
+        return f"capped at the {self.quantile:g} quantile of {where}{value}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantile": self.quantile, "source": self.source, "cap": self.cap}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Capping | None:
+        if not isinstance(data, Mapping) or data.get("quantile") is None:
+            return None
+        return cls(float(data["quantile"]), str(data.get("source") or "control"), _float(data.get("cap")))
+
+
+def _skew_rule(data: Any) -> SkewRule | None:
+    if not isinstance(data, Mapping) or data.get("need") is None:
+        return None
+    return SkewRule(
+        int(data["need"]),
+        int(data.get("have") or 0),
+        bool(data.get("holds", True)),
+        _float(data.get("skewness")),
+        str(data.get("arm") or ""),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MetricOutcome:
     """One metric in one population (or pooled): the estimate, its tests, and the verdict."""
 
@@ -174,6 +212,9 @@ class MetricOutcome:
     sequential_worse: bool | None = None
     harm_beyond_margin: bool | None = None
     units_needed: float | None = None
+    skewness: Mapping[str, float | None] | None = None  # per arm (g1); None for ratio and quantile metrics
+    skew_rule: SkewRule | None = None  # Kohavi et al. 2014: n > 355·s² per arm (the binding arm)
+    capping: Capping | None = None
 
     @property
     def is_sequential(self) -> bool:
@@ -264,6 +305,9 @@ class MetricOutcome:
             "harm_beyond_margin": self.harm_beyond_margin,
             "verdict": str(self.verdict),
             "units_needed": self.units_needed,
+            "skewness": dict(self.skewness) if self.skewness is not None else None,
+            "skew_rule": self.skew_rule.to_dict() if self.skew_rule is not None else None,
+            "capping": self.capping.to_dict() if self.capping is not None else None,
         }
 
     @classmethod
@@ -346,6 +390,9 @@ class MetricOutcome:
             sequential_worse=None if seq_worse is None else bool(seq_worse),
             harm_beyond_margin=None if harm is None else bool(harm),
             units_needed=_float(data.get("units_needed")),
+            skewness=dict(data["skewness"]) if isinstance(data.get("skewness"), Mapping) else None,
+            skew_rule=_skew_rule(data.get("skew_rule")),
+            capping=Capping.from_dict(data.get("capping")),
         )
 
 

@@ -58,6 +58,11 @@ CSV_COLUMNS = (
     "variance_reduction",
     "method",
     "reason",
+    # Added by issue #16 (appended, nothing renamed).
+    "skewness_control",
+    "skewness_treatment",
+    "skew_rule_holds",
+    "capped_at",
 )
 
 
@@ -270,6 +275,10 @@ def csv_row(m: MetricOutcome) -> dict[str, Any]:
         "variance_reduction": m.variance_reduction,
         "method": m.method,
         "reason": m.reason,
+        "skewness_control": (m.skewness or {}).get("control"),
+        "skewness_treatment": (m.skewness or {}).get("treatment"),
+        "skew_rule_holds": m.skew_rule.holds if m.skew_rule is not None else None,
+        "capped_at": m.capping.cap if m.capping is not None else None,
     }
 
 

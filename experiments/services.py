@@ -18,6 +18,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from controlplane.core import telemetry
 from controlplane.core.errors import ApplicationError, ConflictError
 from controlplane.core.models import Allocation, RankingStack, Surface
 from controlplane.core.services import Actor, audit_record
@@ -182,6 +183,19 @@ def _validate_metrics(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
                 bad(i, "margin", "a relative margin is a fraction of the control value and must be below 1")
         elif role == "guardrail":
             bad(i, "margin", "a guardrail needs a non-inferiority margin > 0")
+        # Pre-registered capping (issue #16): winsorise a skewed mean metric at a quantile of the
+        # control arm or of the pre-period, computed in SQL where the rows live.
+        cap_quantile = spec.get("cap_quantile")
+        cap_source = spec.get("cap_source") or "control"
+        if cap_quantile is not None:
+            if isinstance(cap_quantile, bool) or not isinstance(cap_quantile, int | float):
+                bad(i, "cap_quantile", "must be a number")
+            elif not 0.5 < float(cap_quantile) < 1:
+                bad(i, "cap_quantile", f"must be between 0.5 and 1 (0.99 caps at p99), got {cap_quantile}")
+            elif kind != "mean":
+                bad(i, "cap_quantile", f"capping applies to mean metrics, not {kind}")
+        if cap_source not in ExperimentMetric.CapSource.values:
+            bad(i, "cap_source", "must be control or pre")
         resolved.append(
             {
                 "key": key,
@@ -199,6 +213,10 @@ def _validate_metrics(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
                 else None,
                 "margin_kind": margin_kind,
                 "cuped": bool(spec.get("cuped", kind != "quantile")) and kind != "quantile",
+                "cap_quantile": float(cap_quantile)
+                if isinstance(cap_quantile, int | float) and not isinstance(cap_quantile, bool)
+                else None,
+                "cap_source": cap_source,
             }
         )
     if not errors and not any(r["role"] == "primary" for r in resolved):
@@ -234,6 +252,8 @@ def _write_metrics(experiment: Experiment, resolved: Sequence[Mapping[str, Any]]
             margin_kind=spec["margin_kind"],
             margin=spec["margin"],
             cuped=spec["cuped"],
+            cap_quantile=spec["cap_quantile"],
+            cap_source=spec["cap_source"],
             position=position,
         )
 
@@ -266,6 +286,8 @@ def experiment_design(experiment: Experiment) -> dict[str, Any]:
                 "margin_kind": m.margin_kind,
                 "margin": m.margin,
                 "cuped": m.cuped,
+                "cap_quantile": m.cap_quantile,
+                "cap_source": m.cap_source,
                 "numerator": m.metric.numerator,
                 "denominator": m.metric.denominator,
                 "quantile": m.metric.quantile,
@@ -574,6 +596,8 @@ def analysis_design(experiment: Experiment) -> analysis.Design:
         "numerator": "metric__numerator",
         "denominator": "metric__denominator",
         "quantile": "metric__quantile",
+        "cap_quantile": "cap_quantile",
+        "cap_source": "cap_source",
     }
     metrics = tuple(
         analysis.MetricDesign(**dict(zip(columns, row, strict=True)))
@@ -830,6 +854,7 @@ def experiment_analyze(
         rollup_days=len(rollup.folded) if rollup else 0,
     )
     analysis_ms = (time.perf_counter() - started) * 1000
+    telemetry.analysis_finished(source=source, seconds=(query_ms + analysis_ms) / 1000)
     run = AnalysisRun.objects.create(
         experiment=experiment,
         source=source,

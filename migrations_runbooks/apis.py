@@ -139,7 +139,7 @@ class RunbookListApi(APIView):
     class InputSerializer(serializers.Serializer):
         surface = serializers.SlugField()
         target_stack = serializers.CharField(help_text="key@version of a unified stack")
-        name = serializers.CharField(max_length=160, required=False, default="")
+        name = serializers.CharField(max_length=160, required=False, allow_blank=True, default="")
         template = serializers.SlugField(required=False, allow_null=True, default=None)
         steps = serializers.ListField(
             child=StepInput(), min_length=1, required=False, allow_null=True, default=None

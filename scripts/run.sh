@@ -40,6 +40,10 @@ if [ "${DEMO_RESET:-0}" = 1 ]; then
   rm -rf "$VAR"/controlplane.sqlite3* "$VAR"/broker "$VAR"/results "$VAR"/celerybeat-schedule*
 fi
 mkdir -p "$VAR/logs"
+# One /metrics for web, worker and beat on this host: prometheus-client's multiprocess mode keeps
+# each process's counters in files here (emptied at start: they describe this run only).
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$VAR/prometheus}
+rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 
 say "migrating and seeding"
 .venv/bin/python manage.py migrate --noinput -v0
@@ -79,6 +83,7 @@ cat <<MSG
         or   viewer / $DEMO_PASSWORD    (read-only)
   Admin:     http://127.0.0.1:$PORT/admin/   (admin / $DEMO_PASSWORD)
   API docs:  http://127.0.0.1:$PORT/api/docs/
+  Ops:       http://127.0.0.1:$PORT/healthz  /readyz  /metrics (as pm)
   Logs:      $VAR/logs/{web,worker,beat}.log        Ctrl-C stops everything.
 
 MSG

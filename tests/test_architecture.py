@@ -12,7 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("module", ["experiments.stats", "rankers.engine", "controlplane.core.assignment"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "experiments.stats",
+        "rankers.engine",
+        "controlplane.core.assignment",
+        "controlplane.core.openfeature_provider",
+    ],
+)
 def test_pure_engine_imports_without_django(module):
     if (
         not (ROOT / module.replace(".", "/")).with_suffix(".py").exists()
@@ -41,7 +49,7 @@ LAYERS_LOWEST_FIRST = [
     "controlplane.serving",
     "experiments",
     "migrations_runbooks",
-    "controlplane.web | controlplane.demo",
+    "controlplane.web | controlplane.demo | controlplane.ops",
 ]
 
 
@@ -72,6 +80,8 @@ def test_layers_contract_is_the_documented_order():
         ("experiments/readout.py", "from migrations_runbooks import gates"),  # experiments -> runbooks
         ("migrations_runbooks/selectors.py", "from controlplane.web import charts"),  # runbooks -> web
         ("controlplane/web/views.py", "from controlplane.demo import simulator"),  # web -> demo (siblings)
+        ("migrations_runbooks/selectors.py", "from controlplane.ops import metrics"),  # runbooks -> ops
+        ("controlplane/web/views.py", "from controlplane.ops import logs"),  # web -> ops (siblings)
     ],
 )
 def test_layers_contract_catches_a_lazy_import_the_wrong_way(tmp_path, module, wrong_way):

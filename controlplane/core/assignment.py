@@ -7,9 +7,10 @@ Hashing
 -------
 ``bucket = mix(mix(unit_key) XOR salt_key) mod 10000`` where
 
-* ``unit_key`` is the unit id itself for integer ids (and decimal strings of them), otherwise the
-  first 8 bytes of BLAKE2b of its UTF-8 text;
-* ``salt_key`` is the first 8 bytes of BLAKE2b of the salt;
+* ``unit_key`` is the unit id itself for integer ids (and strings of 1 to 19 ASCII digits),
+  otherwise BLAKE2b with an 8-byte digest (``digest_size=8``, not a truncated BLAKE2b-512) of
+  its UTF-8 text, read little-endian;
+* ``salt_key`` is the same 8-byte BLAKE2b of the salt;
 * ``mix`` is the SplitMix64 finaliser (Steele, Lea & Flood, "Fast splittable pseudorandom number
   generators", OOPSLA 2014), a bijection on 64-bit words with full avalanche.
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DataError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
@@ -76,6 +79,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             },
             status=status.HTTP_400_BAD_REQUEST,
         )
+    # DRF answers Django's Http404 and PermissionDenied too, but hands them on unconverted: convert
+    # them here so their bodies get the same {"detail", "code", "errors"} shape.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -92,3 +101,27 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             "errors": dict(getattr(exc, "errors", None) or {}),
         }
     return response
+
+
+# Django's own error pages for /api/ paths (an unknown URL, a malformed request, a crash) answer in
+# the same JSON shape, so a client never has to parse HTML; pages keep Django's HTML templates.
+def _api_error(detail: str, code: str, status_code: int) -> JsonResponse:
+    return JsonResponse({"detail": detail, "code": code, "errors": {}}, status=status_code)
+
+
+def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return _api_error("Not found.", "not_found", 404)
+    return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return _api_error("Bad request.", "bad_request", 400)
+    return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        return _api_error("Server error.", "server_error", 500)
+    return defaults.server_error(request)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +26,8 @@ from controlplane.core.models import (
 from controlplane.core.updates import model_update
 
 Actor = AbstractBaseUser | AnonymousUser | str | None
+# Every audit event is also a log record on this logger (JSON with LOG_FORMAT=json).
+audit_log = logging.getLogger("controlplane.audit")
 
 
 def _actor_fields(actor: Actor) -> tuple[Any, str]:
@@ -54,7 +58,7 @@ def audit_record(
     if not surface_key:
         surface = target if isinstance(target, Surface) else getattr(target, "surface", None)
         surface_key = getattr(surface, "key", "") or ""
-    return AuditEvent.objects.create(
+    event = AuditEvent.objects.create(
         actor=user,
         actor_label=label,
         verb=verb,
@@ -66,6 +70,35 @@ def audit_record(
         after=dict(after) if after is not None else None,
         reason=reason,
         created_at=now or timezone.now(),
+    )
+    _audit_log_on_commit(event, target)
+    return event
+
+
+def _audit_log_on_commit(event: AuditEvent, target: models.Model) -> None:
+    """Every audit event is also a log event, written once its transaction commits."""
+    fields = {
+        "audit_id": event.pk,
+        "verb": event.verb,
+        "actor": event.actor_label,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "surface_key": event.surface_key,
+        "reason": event.reason,
+        f"{target._meta.model_name}_id": target.pk,  # runbook_id, experiment_id, surface_id, …
+    }
+    # Logged in the context of the change (request id, user), though written after the commit.
+    context = contextvars.copy_context()
+    transaction.on_commit(
+        lambda: context.run(
+            audit_log.info,
+            "audit %s %s:%s by %s",
+            event.verb,
+            event.target_type,
+            event.target_id,
+            event.actor_label,
+            extra=fields,
+        )
     )
 
 

@@ -47,8 +47,10 @@ against the margin and the verdict, decided once), :mod:`.health` (SRM and healt
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from experiments import stats
-from experiments.analysis.comparisons import metric_result, pooled_result
+from experiments.analysis.comparisons import metric_result, pooled_result, skew_and_capping
 from experiments.analysis.design import (
     CROSSOVER_LIMIT,
     MAX_EXTEND_DAYS,
@@ -119,9 +121,9 @@ def analyze(design: Design, inputs: Inputs, *, computed_at: str) -> AnalysisOutc
             found = results.get((metric.key, pop))
             if found is None:
                 continue
-            outcomes.append(
-                metric_outcome(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs)
-            )
+            skewness, rule, capping = skew_and_capping(aggregates.get(metric.key), totals, pop, populations)
+            outcome = metric_outcome(metric, pop, found, adjusted.get((metric.key, pop)), design, inputs)
+            outcomes.append(replace(outcome, skewness=skewness, skew_rule=rule, capping=capping))
 
     health = health_checks(
         design, stable, inputs, units, srm, outcomes, totals, strata, aggregates, populations

@@ -8,14 +8,18 @@ they compare raw samples (order-statistic difference), pooled over all samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from experiments import stats
-from experiments.aggregation import AggregateMetric, StableRange, metric_row
-from experiments.analysis.design import Inputs, MetricDesign
+from experiments.aggregation import AggregateMetric, StableRange, add_row, metric_row
+from experiments.analysis.design import POOLED, Inputs, MetricDesign
 from experiments.analysis.gather import StratumTotals, Totals, by_first_exposure
+from experiments.outcome import Capping
+from experiments.stats.skew import SkewRule
 
 AggregateBuilder = Callable[
     [AggregateMetric, Mapping[str, float], Mapping[str, float], float], stats.ComparisonResult
@@ -148,3 +152,47 @@ def pooled_result(
     if len(per_pop) == 1:
         return next(iter(per_pop.values()))
     return stats.stratified(dict(per_pop), weights={p: weights[p] for p in per_pop}, alpha=alpha).pooled
+
+
+def _statistic(agg: AggregateMetric, totals: Mapping[str, float]) -> Any:
+    """One arm's sufficient statistic of a mean or ratio metric (CUPED covariates included)."""
+    row = metric_row(totals, agg)
+    if agg.kind == "ratio":
+        if agg.cuped:
+            return stats.CovariateRatioStatistic.from_row(row)
+        return stats.RatioStatistic.from_row(row)
+    if agg.cuped:
+        return stats.CovariateMeanStatistic.from_row(row)
+    return stats.MeanStatistic.from_row(row)
+
+
+def skew_and_capping(
+    agg: AggregateMetric | None, totals: Totals, pop: str, populations: Sequence[str]
+) -> tuple[dict[str, float | None], SkewRule, Capping | None]:
+    """Each arm's skewness, the Kohavi et al. (2014) rule n > 355·s² per arm, and the cap (issue #16).
+
+    Skewness is g₁ (as ``scipy.stats.skew``); None where unknown: ratio and quantile metrics, fewer
+    than 3 units, no variance. Pooled: the arms' statistics summed over populations.
+    """
+    arms: dict[str, tuple[float | None, int]] = {}
+    for arm in ("control", "treatment"):
+        bucket: dict[str, Any] = {}
+        for p in populations if pop == POOLED else [pop]:
+            if (arm, p) in totals:
+                add_row(bucket, totals[(arm, p)])
+        n = int(bucket.get("n", 0))
+        skew: float | None = None
+        if agg is not None and agg.kind != "ratio" and n > 0:
+            try:
+                value = _statistic(agg, bucket).skewness
+            except (ValueError, ZeroDivisionError):
+                value = None
+            skew = float(value) if value is not None and math.isfinite(value) else None
+        arms[arm] = (skew, n)
+    rule = stats.skew_rule_arms(arms["control"], arms["treatment"])
+    capping = None
+    if agg is not None and agg.capped and agg.cap_quantile is not None:
+        caps = [t.get(f"{agg.key}__cap") for t in totals.values()]
+        cap = next((float(c) for c in caps if c is not None), None)
+        capping = Capping(agg.cap_quantile, agg.cap_source, cap)
+    return {arm: s for arm, (s, _n) in arms.items()}, rule, capping

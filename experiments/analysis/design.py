@@ -36,6 +36,10 @@ class MetricDesign:
     numerator: str = ""
     denominator: str = ""
     quantile: float | None = None
+    # Pre-registered capping (mean metrics): winsorise at this quantile of the control arm
+    # ("control") or of the pre-period ("pre"), computed in SQL (aggregation.cap_ctes).
+    cap_quantile: float | None = None
+    cap_source: str = "control"
 
     @property
     def relative(self) -> bool:
@@ -44,7 +48,15 @@ class MetricDesign:
     def aggregate(self) -> AggregateMetric | None:
         if self.kind == "quantile":
             return None
-        return AggregateMetric(self.key, self.kind, self.numerator, self.denominator, self.cuped)
+        return AggregateMetric(
+            self.key,
+            self.kind,
+            self.numerator,
+            self.denominator,
+            self.cuped,
+            self.cap_quantile,
+            self.cap_source,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +94,13 @@ class Design:
             if agg is not None:
                 out.append(
                     AggregateMetric(
-                        agg.key, agg.kind, agg.numerator, agg.denominator, agg.cuped and self.has_pre_period
+                        agg.key,
+                        agg.kind,
+                        agg.numerator,
+                        agg.denominator,
+                        agg.cuped and self.has_pre_period,
+                        agg.cap_quantile,
+                        agg.cap_source if self.has_pre_period else "control",
                     )
                 )
         return tuple(out)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from experiments import stats
-from experiments.aggregation import StableRange
+from experiments.aggregation import StableRange, add_row
 
 Totals = dict[tuple[str, str], dict[str, float]]
 StratumTotals = dict[int, Totals]
@@ -26,13 +26,9 @@ def group_rows(
     for row in rows:
         arm, pop = str(row["arm"]), str(row["population"])
         version = int(row.get("allocation_version", 0))
-        bucket = totals.setdefault((arm, pop), {})
-        stratum = strata.setdefault(version, {}).setdefault((arm, pop), {})
-        for key, value in row.items():
-            if key in ("arm", "population", "day", "allocation_version"):
-                continue
-            bucket[key] = bucket.get(key, 0.0) + float(value)
-            stratum[key] = stratum.get(key, 0.0) + float(value)
+        # Sums add; shift columns do not (aggregation.add_row moves a row to the bucket's K).
+        add_row(totals.setdefault((arm, pop), {}), row)
+        add_row(strata.setdefault(version, {}).setdefault((arm, pop), {}), row)
         versions = by_version.setdefault(pop, {}).setdefault(arm, {})
         versions[version] = versions.get(version, 0) + int(row["n"])
         daily[str(row["day"])] = daily.get(str(row["day"]), 0) + int(row["n"])

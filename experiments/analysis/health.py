@@ -165,15 +165,20 @@ def _balance_health(
     for key, agg in aggregates.items():
         if not agg.cuped:
             continue
-        fields = ("pre_num_sum", "pre_num_sum_squares") if agg.kind == "ratio" else ("x_sum", "x_sum_squares")
+        fields = (
+            ("pre_num_sum", "pre_num_sum_squares", "pre_num_shift")
+            if agg.kind == "ratio"
+            else ("x_sum", "x_sum_squares", "x_shift")
+        )
 
         def covariate(
-            arm_totals: Mapping[str, float], key: str = key, fields: tuple[str, str] = fields
+            arm_totals: Mapping[str, float], key: str = key, fields: tuple[str, str, str] = fields
         ) -> stats.MeanStatistic:
             return stats.MeanStatistic(
                 int(arm_totals.get("n", 0)),
                 arm_totals.get(f"{key}__{fields[0]}", 0.0),
                 arm_totals.get(f"{key}__{fields[1]}", 0.0),
+                arm_totals.get(f"{key}__{fields[2]}", 0.0),
             )
 
         for pop in populations:

@@ -36,6 +36,7 @@ from experiments.stats.results import (
     SrmResult,
 )
 from experiments.stats.sequential import SequentialPath, SequentialResult, msprt, msprt_path
+from experiments.stats.skew import KOHAVI_FACTOR, SkewRule, skew_rule, skew_rule_arms
 from experiments.stats.srm import SRM_THRESHOLD, srm
 from experiments.stats.statistics import (
     CovariateMeanStatistic,
@@ -46,6 +47,7 @@ from experiments.stats.statistics import (
 from experiments.stats.stratified import StratifiedResult, stratified
 
 __all__ = [
+    "KOHAVI_FACTOR",
     "SRM_THRESHOLD",
     "AdjustedPValues",
     "ComparisonResult",
@@ -58,6 +60,7 @@ __all__ = [
     "SampleSize",
     "SequentialPath",
     "SequentialResult",
+    "SkewRule",
     "SrmResult",
     "StratifiedResult",
     "adjust_pvalues",
@@ -73,6 +76,8 @@ __all__ = [
     "quantile_interval",
     "ratio_delta",
     "sample_size",
+    "skew_rule",
+    "skew_rule_arms",
     "srm",
     "stratified",
     "superiority",

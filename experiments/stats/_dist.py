@@ -45,10 +45,18 @@ def sf(x: float, df: float | None) -> float:
     return cdf(-x, df)
 
 
+_NORMAL_Q: dict[float, float] = {}
+
+
 def quantile(p: float, df: float | None) -> float:
     """Inverse CDF of N(0, 1) (``df`` None) or t(df)."""
     if df is None or math.isinf(df):
-        return float(ndtri(p))
+        q = _NORMAL_Q.get(p)
+        if q is None:
+            q = float(ndtri(p))
+            if len(_NORMAL_Q) < 256:  # a handful of α's in practice
+                _NORMAL_Q[p] = q
+        return q
     return float(stdtrit(df, p))
 
 

@@ -11,6 +11,11 @@ Contract (issue 4):
 - ``power --cv C --rel-mde M --alpha A --power P [--cuped-rho R] [--split S]`` →
   {n_per_arm (unrounded), n_per_arm_rounded, …}
 
+``analyze`` also reports (added by issue #16; no field was renamed) ``skewness``
+{control, treatment} (g₁, null for ratio metrics) and ``skew_rule`` {need, have, holds,
+skewness, arm, message}: Kohavi et al. (2014), n > 355·s² in each arm
+(``experiments.stats.skew``).
+
 Bad input (a missing column, an unknown arm, a non-numeric value — with its row number)
 prints ``error: …`` to stderr and exits with status 2, like argparse's own usage errors.
 """
@@ -32,6 +37,7 @@ from experiments.stats.equivalence import noninferiority, tost
 from experiments.stats.multiple import METHODS, adjust_pvalues
 from experiments.stats.power import sample_size
 from experiments.stats.results import ComparisonResult
+from experiments.stats.skew import skew_rule_arms
 from experiments.stats.srm import srm
 from experiments.stats.statistics import (
     CovariateMeanStatistic,
@@ -142,14 +148,18 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
 
     unadjusted: ComparisonResult
     adjusted: ComparisonResult | None = None
+    skew: dict[str, float | None] = {"control": None, "treatment": None}
     if metric_type == "mean":
         if cov_cols:
             sc = CovariateMeanStatistic.from_values(c["y"], c[cov_cols[0]])
             st = CovariateMeanStatistic.from_values(t["y"], t[cov_cols[0]])
             unadjusted = welch(sc.y, st.y, alpha)
             adjusted = cuped(sc, st, alpha)
+            skew = {"control": sc.skewness, "treatment": st.skewness}
         else:
-            unadjusted = welch(MeanStatistic.from_values(c["y"]), MeanStatistic.from_values(t["y"]), alpha)
+            mc, mt = MeanStatistic.from_values(c["y"]), MeanStatistic.from_values(t["y"])
+            unadjusted = welch(mc, mt, alpha)
+            skew = {"control": mc.skewness, "treatment": mt.skewness}
     else:
         if cov_cols:
 
@@ -220,6 +230,13 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             "computable": ni.computable,
             "reason": ni.reason,
         }
+    # Added fields (issue #16): each arm's skewness and the Kohavi et al. (2014) rule n > 355·s²
+    # per arm (ratio metrics: skewness not computed, the rule puts no requirement).
+    rule = skew_rule_arms(
+        (skew["control"], unadjusted.n_control), (skew["treatment"], unadjusted.n_treatment)
+    )
+    out["skewness"] = skew
+    out["skew_rule"] = rule.to_dict()
     reasons = [r for r in (unadjusted.reason, adjusted.reason if adjusted else "") if r]
     out["computable"] = unadjusted.computable and (adjusted is None or adjusted.computable)
     out["reason"] = "; ".join(dict.fromkeys(reasons))

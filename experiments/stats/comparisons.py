@@ -47,6 +47,7 @@ the CUPED formulas to Y with covariate X (Deng et al. 2018 §4.3; Booking.com's
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from experiments.stats import _dist
 from experiments.stats.results import ComparisonResult
@@ -117,11 +118,13 @@ def _compare(
     variance_reduction: float | None = None,
     b_c: float | None = None,
     b_t: float | None = None,
+    rel_over: tuple[float, float, float] | None = None,
 ) -> ComparisonResult:
     """Shared core: arm means ``m`` and per-unit variances ``v`` (already validated n ≥ 2).
 
     ``b_c``/``b_t`` (squared SEs of the arm means) default to v/n; estimators whose SE is
     not a per-unit variance over n (quantiles, stratified pools) pass them directly.
+    ``rel_over`` = (ȳ_c unadjusted, Var(ȳ_c), Cov(D, ȳ_c)): the relative lift is D/ȳ_c (CUPED).
     """
     if b_c is None or b_t is None:
         assert v_c is not None and v_t is not None
@@ -146,11 +149,13 @@ def _compare(
         "control_mean_adjusted": m_c if adjusted else None,
         "treatment_mean_adjusted": m_t if adjusted else None,
         "rel_ci_method": rel_ci,
+        "control_mean_variance": rel_over[1] if rel_over is not None else None,
+        "diff_control_covariance": rel_over[2] if rel_over is not None else None,
     }
     if not var > 0.0:
         return ComparisonResult(
             diff=diff,
-            se=None,
+            se=0.0,  # DESIGN.md: both arms without variance: SE 0, p and CI not computable
             df=None,
             statistic=None,
             p_value=None,
@@ -175,14 +180,28 @@ def _compare(
     q = _dist.quantile(1.0 - alpha / 2.0, df)
     half = q * se
     ci = (diff - half, diff + half)
+    # DESIGN.md: the relative-lift CI is the delta-method interval with the NORMAL quantile
+    # (the delta method is asymptotic; a t quantile would pretend to small-sample exactness).
+    q_rel = q if df is None else _dist.quantile(1.0 - alpha / 2.0, None)
 
     computable = True
     reason = ""
     rel = rel_se = None
     rel_ci_v: tuple[float, float] | None = None
-    if m_c == 0.0:
+    rel_base = m_c if rel_over is None else rel_over[0]
+    if rel_base == 0.0:
         computable = False
         reason = "control mean is 0: the relative lift is undefined (absolute difference reported)"
+    elif rel_over is not None:
+        # CUPED (DESIGN.md): L = D / ȳ_c with D the adjusted difference and ȳ_c the UNADJUSTED
+        # control mean; delta method with Var(D) = var, Var(ȳ_c) and Cov(D, ȳ_c) from the caller:
+        # Var(L) = Var(D)/ȳ_c² + D²·Var(ȳ_c)/ȳ_c⁴ − 2D·Cov(D, ȳ_c)/ȳ_c³.
+        _, v0, c0 = rel_over
+        m0 = rel_base
+        rel = diff / m0
+        rv = var / (m0 * m0) + diff * diff * v0 / m0**4 - 2.0 * diff * c0 / m0**3
+        rel_se = math.sqrt(rv) if rv > 0.0 else 0.0
+        rel_ci_v = (rel - q_rel * rel_se, rel + q_rel * rel_se)
     else:
         rel = m_t / m_c - 1.0
         # Delta method for the ratio of two independent means.
@@ -199,7 +218,7 @@ def _compare(
                 root = math.sqrt(disc) if disc > 0.0 else 0.0
                 rel_ci_v = ((m_t * m_c - root) / a - 1.0, (m_t * m_c + root) / a - 1.0)
         else:
-            rel_ci_v = (rel - q * rel_se, rel + q * rel_se)
+            rel_ci_v = (rel - q_rel * rel_se, rel + q_rel * rel_se)
     return ComparisonResult(
         diff=diff,
         se=se,
@@ -248,6 +267,17 @@ def _undefined_arms(
     return None
 
 
+def _invalid(method: str, alpha: float, control: Any, treatment: Any) -> ComparisonResult | None:
+    """Not computable, with the reason, when either arm's sums are impossible (non-finite, …)."""
+    for arm, s in (("control", control), ("treatment", treatment)):
+        reason = s.problem
+        if reason is not None:
+            return _empty_result(
+                method, alpha, max(control.n, 0), max(treatment.n, 0), f"{arm} statistics refused: {reason}"
+            )
+    return None
+
+
 def _check_rel_ci(rel_ci: str) -> None:
     if rel_ci not in ("delta", "fieller"):
         raise ValueError(f"rel_ci must be 'delta' or 'fieller', got {rel_ci!r}")
@@ -263,9 +293,12 @@ def welch(
     """
     _check_alpha(alpha)
     _check_rel_ci(rel_ci)
+    refused = _invalid("welch", alpha, control, treatment)
+    if refused is not None:
+        return refused
     n_c, n_t = control.n, treatment.n
-    m_c = control.sum / n_c if n_c > 0 else _nan
-    m_t = treatment.sum / n_t if n_t > 0 else _nan
+    m_c = control.mean
+    m_t = treatment.mean
     bad = _undefined_arms("welch", alpha, n_c, n_t, m_c, m_t)
     if bad is not None:
         return bad
@@ -290,9 +323,12 @@ def ztest(
         raise TypeError("ztest needs two MeanStatistic or two RatioStatistic arms")
     _check_alpha(alpha)
     _check_rel_ci(rel_ci)
+    refused = _invalid("z", alpha, control, treatment)
+    if refused is not None:
+        return refused
     n_c, n_t = control.n, treatment.n
-    m_c = control.sum / n_c if n_c > 0 else _nan
-    m_t = treatment.sum / n_t if n_t > 0 else _nan
+    m_c = control.mean
+    m_t = treatment.mean
     bad = _undefined_arms("z", alpha, n_c, n_t, m_c, m_t)
     if bad is not None:
         return bad
@@ -319,22 +355,34 @@ def cuped(
     if test not in ("welch", "z"):
         raise ValueError(f"test must be 'welch' or 'z', got {test!r}")
     method = "cuped-welch" if test == "welch" else "cuped-z"
+    refused = _invalid(method, alpha, control, treatment)
+    if refused is not None:
+        return refused
     n_c, n_t = control.n, treatment.n
-    m_c = control.sum / n_c if n_c > 0 else _nan
-    m_t = treatment.sum / n_t if n_t > 0 else _nan
+    m_c = control.mean
+    m_t = treatment.mean
     bad = _undefined_arms(method, alpha, n_c, n_t, m_c, m_t)
     if bad is not None:
         return bad
-    n = n_c + n_t
-    sx = control.x_sum + treatment.x_sum
-    sy = control.sum + treatment.sum
-    var_x = (control.x_sum_squares + treatment.x_sum_squares - sx * sx / n) / (n - 1)
-    cov_xy = (control.xy_sum + treatment.xy_sum - sx * sy / n) / (n - 1)
+    # Pooled over both arms; treatment's sums are moved to control's shifts if they differ.
+    pooled = (
+        treatment
+        if (treatment.shift, treatment.x_shift) == (control.shift, control.x_shift)
+        else (control + treatment)
+    )
+    if pooled is treatment:
+        n = n_c + n_t
+        sx = control.x_sum + treatment.x_sum
+        sy = control.sum + treatment.sum
+        var_x = (control.x_sum_squares + treatment.x_sum_squares - sx * sx / n) / (n - 1)
+        cov_xy = (control.xy_sum + treatment.xy_sum - sx * sy / n) / (n - 1)
+        x_bar = control.x_shift + sx / n
+    else:
+        var_x, cov_xy, x_bar = pooled.x_variance, pooled.covariance, pooled.x_mean
     theta = cov_xy / var_x if var_x > 0.0 else 0.0
-    x_bar = sx / n
 
     def adjusted(s: CovariateMeanStatistic) -> tuple[float, float]:
-        mean = s.sum / s.n - theta * (s.x_sum / s.n - x_bar)
+        mean = s.mean - theta * (s.x_mean - x_bar)
         v = s.variance - 2.0 * theta * s.covariance + theta * theta * s.x_variance
         return mean, (v if v > 0.0 else 0.0)
 
@@ -343,6 +391,10 @@ def cuped(
     raw_var = control.variance / n_c + treatment.variance / n_t
     adj_var = av_c / n_c + av_t / n_t
     reduction = 1.0 - adj_var / raw_var if raw_var > 0.0 else None
+    # Relative lift over the unadjusted control mean: Var(ȳ_c) = s²_y,c/n_c and
+    # Cov(D, ȳ_c) = −(s²_y,c − θ·s_xy,c)/n_c (D = ȳ_t − ȳ_c − θ(x̄_t − x̄_c), θ fixed; the pooled
+    # covariate mean x̄ enters both adjusted means and cancels from D exactly).
+    rel_over = (m_c, control.variance / n_c, -(control.variance - theta * control.covariance) / n_c)
     return _compare(
         method,
         alpha,
@@ -358,6 +410,7 @@ def cuped(
         report_t=m_t,
         theta=theta,
         variance_reduction=reduction,
+        rel_over=rel_over,
     )
 
 
@@ -371,12 +424,15 @@ def ratio_delta(
     """
     _check_alpha(alpha)
     _check_rel_ci(rel_ci)
+    refused = _invalid("ratio-delta", alpha, control, treatment)
+    if refused is not None:
+        return refused
     n_c, n_t = control.n, treatment.n
     r_c, r_t = control.ratio, treatment.ratio
     bad = _undefined_arms("ratio-delta", alpha, n_c, n_t, r_c, r_t)
     if bad is not None:
         return bad
-    zero_den = [a for a, s in (("control", control), ("treatment", treatment)) if s.den_sum == 0]
+    zero_den = [a for a, s in (("control", control), ("treatment", treatment)) if s.den_total == 0]
     if zero_den:
         return _empty_result(
             "ratio-delta",
@@ -399,10 +455,12 @@ def _linearised_moments(s: CovariateRatioStatistic) -> tuple[float, float, float
     gives every term from the stored sums (ddof = 1).
     """
     n = s.n
-    r = s.num_sum / s.den_sum
-    rx = s.pre_num_sum / s.pre_den_sum
-    d_bar = s.den_sum / n
-    pd_bar = s.pre_den_sum / n
+    den_total = s.den_sum + n * s.den_shift
+    pre_den_total = s.pre_den_sum + n * s.pre_den_shift
+    r = (s.num_sum + n * s.num_shift) / den_total
+    rx = (s.pre_num_sum + n * s.pre_num_shift) / pre_den_total
+    d_bar = den_total / n
+    pd_bar = pre_den_total / n
 
     def cov(sab: float, sa: float, sb: float) -> float:
         return (sab - sa * sb / n) / (n - 1)
@@ -437,6 +495,9 @@ def cuped_ratio(
     """
     _check_alpha(alpha)
     _check_rel_ci(rel_ci)
+    refused = _invalid("cuped-ratio", alpha, control, treatment)
+    if refused is not None:
+        return refused
     n_c, n_t = control.n, treatment.n
     r_c, r_t = control.mean, treatment.mean
     bad = _undefined_arms("cuped-ratio", alpha, n_c, n_t, r_c, r_t)
@@ -445,7 +506,10 @@ def cuped_ratio(
     zero_den = [
         f"{a} {k}"
         for a, s in (("control", control), ("treatment", treatment))
-        for k, v in (("den", s.den_sum), ("pre_den", s.pre_den_sum))
+        for k, v in (
+            ("den", s.den_sum + s.n * s.den_shift),
+            ("pre_den", s.pre_den_sum + s.n * s.pre_den_shift),
+        )
         if v == 0
     ]
     if zero_den:
@@ -467,6 +531,8 @@ def cuped_ratio(
     av_t = max(vyt - 2.0 * theta * ct + theta * theta * vxt, 0.0)
     raw_var = vyc / n_c + vyt / n_t
     reduction = 1.0 - (av_c / n_c + av_t / n_t) / raw_var if raw_var > 0.0 else None
+    # Relative lift over the unadjusted control ratio, as in ``cuped``.
+    rel_over = (rc, vyc / n_c, -(vyc - theta * cc) / n_c)
     return _compare(
         "cuped-ratio",
         alpha,
@@ -482,4 +548,5 @@ def cuped_ratio(
         report_t=rt,
         theta=theta,
         variance_reduction=reduction,
+        rel_over=rel_over,
     )

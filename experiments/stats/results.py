@@ -44,6 +44,10 @@ class ComparisonResult(_ToDict):
     for quantile metrics; CUPED also reports the adjusted means.  ``control_se`` and
     ``treatment_se`` are the standard errors of the (adjusted) arm means, and
     ``control_variance`` / ``treatment_variance`` the per-unit variances used.
+
+    CUPED (DESIGN.md): ``rel_lift`` = adjusted diff / UNADJUSTED control mean; its delta-method
+    SE uses ``control_mean_variance`` = Var(ȳ_c) and ``diff_control_covariance`` = Cov(diff, ȳ_c),
+    kept so that a stratified pool can form the same ratio over its strata.
     """
 
     method: str
@@ -72,6 +76,8 @@ class ComparisonResult(_ToDict):
     control_mean_adjusted: float | None = None
     treatment_mean_adjusted: float | None = None
     rel_ci_method: str = "delta"
+    control_mean_variance: float | None = None
+    diff_control_covariance: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

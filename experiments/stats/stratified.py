@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from experiments.stats.comparisons import _check_alpha, _compare, _empty_result
 from experiments.stats.results import ComparisonResult, _ToDict
@@ -107,5 +108,29 @@ def stratified(
     m_t = sum(wi * m for wi, (m, _) in zip(w, arm_t, strict=True))
     b_c = sum(wi * wi * b for wi, (_, b) in zip(w, arm_c, strict=True))
     b_t = sum(wi * wi * b for wi, (_, b) in zip(w, arm_t, strict=True))
-    pooled = _compare(method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t)
+    extra: dict[str, Any] = {}
+    cuped_parts = [
+        (r.control_mean, r.treatment_mean, r.control_mean_variance, r.diff_control_covariance)
+        for r in items
+        if r.control_mean_adjusted is not None
+    ]
+    parts = [
+        (mc0, mt0, v, c)
+        for mc0, mt0, v, c in cuped_parts
+        if mc0 is not None and mt0 is not None and v is not None and c is not None
+    ]
+    if items and len(parts) == len(items):
+        # CUPED strata (DESIGN.md): the pooled relative lift is Σw·D_s over the pooled UNADJUSTED
+        # control mean Σw·ȳ_c,s; strata are independent, so Var and Cov add with weights w².
+        m0 = sum(wi * mc0 for wi, (mc0, _mt, _v, _c) in zip(w, parts, strict=True))
+        v0 = sum(wi * wi * v for wi, (_m, _mt, v, _c) in zip(w, parts, strict=True))
+        c0 = sum(wi * wi * c for wi, (_m, _mt, _v, c) in zip(w, parts, strict=True))
+        extra = {
+            "rel_over": (m0, v0, c0),
+            "report_c": m0,
+            "report_t": sum(wi * mt0 for wi, (_m, mt0, _v, _c) in zip(w, parts, strict=True)),
+        }
+    pooled = _compare(
+        method, alpha, n_c, n_t, m_c, m_t, None, None, False, "delta", b_c=b_c, b_t=b_t, **extra
+    )
     return StratifiedResult(pooled, weighting, names, w, items)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.core import telemetry
 from controlplane.core.models import SurfacePopulation
 from controlplane.core.services import Actor
 from experiments.outcome import AnalysisOutcome, analysis_outcome
@@ -179,6 +180,7 @@ def _record_evaluation(
         outcome,
         sorted([g.gate, g.subject, g.outcome] for g in result),
     ]
+    telemetry.evaluation_recorded(outcome=outcome, gates=[(g.gate, g.outcome) for g in result])
     computed_at = analysis.computed_at if analysis is not None else ""
     decision = str(analysis.recommendation.verdict or "") if analysis is not None else ""
     previous = rb.last_evaluation or {}

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
+from controlplane.core import telemetry
 from controlplane.core.services import Actor
 from controlplane.core.updates import model_update
 from migrations_runbooks import gates
@@ -103,6 +104,7 @@ def ramps_advance_due(
         notifications_redeliver_due(now=now)
     except Exception:
         log.exception("webhook redelivery sweep failed")
+    telemetry.tick_finished(seconds=time.perf_counter() - started)
     return outcomes
 
 

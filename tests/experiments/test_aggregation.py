@@ -111,16 +111,19 @@ def test_sufficient_statistics_match_per_unit_sums(populated: dict[str, Any]) ->
     assert set(totals) == set(reference)
     for group, ref in reference.items():
         got = totals[group]
-        y, x = ref["time_spent"], ref["pre_time_spent"]
+        # Sums about the query's shifts K (one unit's values): Σ(y − K), Σ(y − K)², …
+        y = ref["time_spent"] - got["time_spent__shift"]
+        x = ref["pre_time_spent"] - got["time_spent__x_shift"]
         assert got["n"] == len(y)
-        assert got["time_spent__sum"] == pytest.approx(y.sum(), rel=1e-9)
+        assert got["time_spent__sum"] == pytest.approx(y.sum(), rel=1e-9, abs=1e-9)
         assert got["time_spent__sum_squares"] == pytest.approx((y * y).sum(), rel=1e-9)
-        assert got["time_spent__x_sum"] == pytest.approx(x.sum(), rel=1e-9)
+        assert got["time_spent__sum_cubes"] == pytest.approx((y * y * y).sum(), rel=1e-9, abs=1e-9)
+        assert got["time_spent__x_sum"] == pytest.approx(x.sum(), rel=1e-9, abs=1e-9)
         assert got["time_spent__x_sum_squares"] == pytest.approx((x * x).sum(), rel=1e-9)
-        assert got["time_spent__xy_sum"] == pytest.approx((x * y).sum(), rel=1e-9)
-        num = ref["hides"] + ref["reports"]
-        den = ref["impressions"]
-        assert got["hide_report_rate__num_sum"] == pytest.approx(num.sum(), rel=1e-9)
+        assert got["time_spent__xy_sum"] == pytest.approx((x * y).sum(), rel=1e-9, abs=1e-9)
+        num = ref["hides"] + ref["reports"] - got["hide_report_rate__num_shift"]
+        den = ref["impressions"] - got["hide_report_rate__den_shift"]
+        assert got["hide_report_rate__num_sum"] == pytest.approx(num.sum(), rel=1e-9, abs=1e-9)
         assert got["hide_report_rate__num_sum_squares"] == pytest.approx((num * num).sum(), rel=1e-9)
         assert got["hide_report_rate__den_sum_squares"] == pytest.approx((den * den).sum(), rel=1e-9)
         assert got["hide_report_rate__num_den_sum"] == pytest.approx((num * den).sum(), rel=1e-9)
@@ -209,6 +212,25 @@ def test_analysis_matches_scipy_on_the_raw_units(populated: dict[str, Any]) -> N
         assert got["diff"] == pytest.approx(adj_t.mean() - adj_c.mean(), rel=1e-7)
         assert got["p_value"] == pytest.approx(ref.pvalue, rel=1e-5)
         assert got["variance_reduction"] > 0.1  # the pre-period explains part of the variance
+        # Issue #16: each arm's skewness (from the SQL Σ(y−K)³) and the Kohavi rule n > 355·s².
+        for key in ("likes", "time_spent"):
+            got = by[(key, pop)]
+            for arm, ref_arm in (("control", c), ("treatment", t)):
+                assert got["skewness"][arm] == pytest.approx(scipy.stats.skew(ref_arm[key]), rel=1e-9)
+            need = max(int(355 * scipy.stats.skew(ref_arm[key]) ** 2) + 1 for ref_arm in (c, t))
+            assert got["skew_rule"]["need"] == need
+            assert got["skew_rule"]["holds"] == all(
+                len(ref_arm[key]) > 355 * scipy.stats.skew(ref_arm[key]) ** 2 for ref_arm in (c, t)
+            )
+            if not got["skew_rule"]["holds"]:
+                assert got["skew_rule"]["message"].startswith("too few units for a skewed metric: need ")
+    # Pooled: each arm's statistics summed over the populations.
+    pooled_c = np.concatenate(
+        [reference[("control", p)]["likes"] for p in ("content_first", "interest_first")]
+    )
+    assert by[("likes", "pooled")]["skewness"]["control"] == pytest.approx(
+        scipy.stats.skew(pooled_c), rel=1e-9
+    )
     # Pooled = stratified by the configured population shares (60/40).
     pooled = by[("likes", "pooled")]
     expected = 0.6 * by[("likes", "content_first")]["diff"] + 0.4 * by[("likes", "interest_first")]["diff"]

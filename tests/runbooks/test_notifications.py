@@ -50,7 +50,8 @@ def test_hold_is_delivered_signed_and_retried_after_failures(
         services.ramps_advance_due(now=T0 + DAY)
     rb.refresh_from_db()
     assert rb.status == "held"
-    assert len(callbacks) == 1  # delivery is queued only after the transition commits
+    # Delivery is queued only after the transition commits (beside the audit log and metric callbacks).
+    assert [c.__qualname__ for c in callbacks].count("notify.<locals>.enqueue") == 1
     [n] = Notification.objects.filter(event="hold")
     times = [T0 + DAY, T0 + DAY + dt.timedelta(seconds=30), T0 + DAY + dt.timedelta(seconds=90)]
     for attempt, now in enumerate(times, start=1):

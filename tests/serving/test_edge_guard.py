@@ -102,7 +102,7 @@ def test_huge_finite_metric_values_are_a_per_row_error(known_units, operator_cli
     body = response.json()
     assert response.status_code == 201 and body["accepted"] == 1
     assert [(e["row"], e["field"]) for e in body["errors"]] == [(1, "value"), (2, "value")]
-    assert "INGEST_MAX_ABS_VALUE" in body["errors"][0]["message"]
+    assert "MAX_ABS_VALUE" in body["errors"][0]["message"]
     assert MetricObservation.objects.count() == 1
 
 

@@ -473,3 +473,24 @@ def test_management_command_ingests_an_events_file(known_units, tmp_path):
     assert "accepted 4" in out.getvalue() and "row 4 type" in out.getvalue()
     got = dict(MetricObservation.objects.filter(unit_id="u3").values_list("metric", "value"))
     assert got == {"shares": 3.0, "meaningful_interactions": 3.0, "engagements": 3.0, "time_spent": 30.0}
+
+
+@pytest.mark.sqlite_path
+def test_values_beyond_the_documented_bound_are_rejected_per_row(known_units, operator_client):
+    # Issue #16: 1e308 used to be accepted and overflow the analysis; |value| > 1e15 is refused.
+    from experiments.ingestion import MAX_ABS_VALUE
+
+    rows = [
+        {"unit_id": "u1", "day": _day(-1), "metric": "time_spent", "value": 1e308},  # 0 beyond
+        {"unit_id": "u2", "day": _day(-1), "metric": "time_spent", "value": MAX_ABS_VALUE},  # 1 at the bound
+        {"unit_id": "u3", "day": _day(-1), "metric": "likes", "value": 2e15},  # 2 beyond
+    ]
+    payload = {"client_batch_id": "wh-bound", "surface": "pages", "rows": rows}
+    response = operator_client.post("/api/v1/ingest/metric-rows/", payload, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (1, 2)
+    messages = {(e["row"], e["field"]): e["message"] for e in body["errors"]}
+    assert set(messages) == {(0, "value"), (2, "value")}
+    assert "1e+308 is beyond the bound |value| <= 1e+15" in messages[(0, "value")]
+    assert sorted(MetricObservation.objects.values_list("unit_id", "value")) == [("u2", MAX_ABS_VALUE)]

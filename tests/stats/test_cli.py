@@ -244,3 +244,47 @@ def test_analyze_ratio_metric_with_pre_period_ratio_covariate(tmp_path):
         ]
         is not None
     )
+
+
+def test_analyze_reports_skewness_and_the_kohavi_rule(tmp_path):
+    # Issue #16: fields ADDED to the contract (nothing renamed): skewness per arm, skew_rule.
+    rng = np.random.default_rng(4)
+    rows = ["unit_id,arm,y"]
+    arms = {"control": [], "treatment": []}
+    for i in range(600):
+        arm = "control" if i % 2 else "treatment"
+        y = 0.0 if rng.random() < 0.8 else float(rng.lognormal(1.0, 1.5))
+        rows.append(f"u{i},{arm},{y!r}")
+        arms[arm].append(y)
+    path = tmp_path / "skewed.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = run_json("analyze", "--data", str(path))
+    for arm, values in arms.items():
+        assert out["skewness"][arm] == pytest.approx(scipy.stats.skew(values), rel=1e-9)
+    need = max(int(355 * scipy.stats.skew(v) ** 2) + 1 for v in arms.values())
+    rule = out["skew_rule"]
+    assert (rule["need"], rule["have"], rule["holds"]) == (need, 300, False)
+    assert rule["message"] == f"too few units for a skewed metric: need {need}, have 300"
+    # The existing fields are all still there, unchanged in name.
+    for key in (
+        "metric_type",
+        "method",
+        "alpha",
+        "n",
+        "mean",
+        "variance",
+        "diff",
+        "se",
+        "p_value",
+        "ci",
+        "rel_lift",
+        "rel_lift_ci",
+        "cuped",
+        "equivalence",
+        "noninferiority",
+        "computable",
+        "reason",
+    ):
+        assert key in out
+    table = run("analyze", "--data", str(path), "--format", "table")
+    assert "skew_rule.holds" in table.stdout and "skewness.control" in table.stdout

@@ -29,7 +29,7 @@ def test_covariate_statistic_moments_match_numpy_cov():
     assert s.variance == pytest.approx(cov[0, 0], rel=1e-10)
     assert s.x_variance == pytest.approx(cov[1, 1], rel=1e-10)
     assert s.covariance == pytest.approx(cov[0, 1], rel=1e-10)
-    assert s.y == MeanStatistic(s.n, s.sum, s.sum_squares)
+    assert s.y == MeanStatistic(s.n, s.sum, s.sum_squares, s.shift, s.sum_cubes)
 
 
 def test_parallel_blocked_path_equals_numpy_on_large_arrays():
@@ -109,11 +109,17 @@ def test_blocked_moments_cover_every_value_once(n):
     ]
     wide = rng.normal(1, 1, 2 * n)
     cases.append(([wide[::2], wide[1::2]], [(0, 0), (1, 1), (0, 1)]))
+    cases.append(([y + 1e8, x], [(0, 0), (1, 1), (0, 1)]))  # a shifted array (K ≠ 0)
     for arrays, pairs in cases:
-        sums, prods = stats_module._moments(arrays, pairs)
-        assert sums == pytest.approx([math.fsum(a) for a in arrays], rel=1e-13, abs=1e-9)
-        expected = [math.fsum(arrays[i] * arrays[j]) for i, j in pairs]
-        assert prods == pytest.approx(expected, rel=1e-13, abs=1e-9)
+        for cubes in ((), (0,)):
+            shifts, sums, prods, cube_sums = stats_module._moments(arrays, pairs, cubes)
+            shifted = [a - k for a, k in zip(arrays, shifts, strict=True)]
+            assert sums == pytest.approx([math.fsum(a) for a in shifted], rel=1e-13, abs=1e-9)
+            expected = [math.fsum(shifted[i] * shifted[j]) for i, j in pairs]
+            assert prods == pytest.approx(expected, rel=1e-13, abs=1e-9)
+            assert cube_sums == pytest.approx(
+                [math.fsum(shifted[i] ** 3) for i in cubes], rel=1e-12, abs=1e-9
+            )
 
 
 def test_threaded_moments_agree_with_one_thread(monkeypatch):
