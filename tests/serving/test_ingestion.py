@@ -50,7 +50,7 @@ def test_migrate_creates_the_standard_metric_definitions(db):
 
     from django.apps import apps
 
-    migration = importlib.import_module("experiments.migrations.0007_standard_metric_definitions")
+    migration = importlib.import_module("experiments.migrations.0008_standard_metric_definitions")
     MetricDefinition.objects.all().delete()
     migration.create_standard_definitions(apps, None)
     keys = {

@@ -46,6 +46,6 @@ def create_standard_definitions(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("experiments", "0006_exposures_and_batches_to_serving")]
+    dependencies = [("experiments", "0007_experimentmetric_capping")]
 
     operations = [migrations.RunPython(create_standard_definitions, migrations.RunPython.noop)]
