@@ -141,7 +141,7 @@ def check_json(data: Any, *, strings: bool = True, max_depth: int = MAX_JSON_DEP
 
 
 def refusal_body(name: str, message: str) -> dict[str, Any]:
-    return {"detail": f"{name}: {message}", "code": "invalid_input", "errors": {name: [message]}}
+    return {"detail": f"{name}: {message}", "code": "invalid", "errors": {name: [message]}}
 
 
 class GuardedJSONParser(JSONParser):
@@ -170,7 +170,7 @@ class GuardedJSONParser(JSONParser):
 
 class _Refused(ParseError):
     def __init__(self, exc: InputRefused) -> None:
-        super().__init__(detail=str(exc), code="invalid_input")
+        super().__init__(detail=str(exc), code="parse_error")
         # Read by controlplane.errors.api_exception_handler: the error names the parameter.
         self.errors = {exc.name: [exc.message]}
 
@@ -215,10 +215,17 @@ class EdgeGuardMiddleware:
             for value in values:
                 check_text(name, value)
         content_type = request.content_type or ""
-        if request.method in {"POST", "PUT", "PATCH"} and content_type in {
-            "application/x-www-form-urlencoded",
-            "multipart/form-data",
-        }:
+        # Form fields: the pages' forms (the API takes JSON only and DRF answers a form body with
+        # 415; reading it here would consume the stream DRF needs for that answer).
+        if (
+            not request.path.startswith("/api/")
+            and request.method in {"POST", "PUT", "PATCH"}
+            and content_type
+            in {
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+            }
+        ):
             for name, values in request.POST.lists():
                 check_text("form field", name)
                 for value in values:

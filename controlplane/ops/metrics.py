@@ -159,15 +159,17 @@ class DatabaseCollector(Collector):
 
 
 def _token_user(request: HttpRequest) -> Any:
-    """The user of a DRF ``Authorization: Token <key>`` header, if valid."""
+    """The user of an ``Authorization: Token <token>`` header (a django-rest-knox token), if valid."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Token "):
         return None
-    from rest_framework.authentication import TokenAuthentication
+    from knox.auth import TokenAuthentication
     from rest_framework.exceptions import AuthenticationFailed
 
     try:
-        user, _ = TokenAuthentication().authenticate_credentials(header.removeprefix("Token ").strip())
+        user, _ = TokenAuthentication().authenticate_credentials(
+            header.removeprefix("Token ").strip().encode()
+        )
     except AuthenticationFailed:
         return None
     return user

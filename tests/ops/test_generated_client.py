@@ -94,7 +94,7 @@ def test_generated_client_imports_whole_and_calls_the_live_server(
     scripted_parity,
     settings,
 ):
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
 
     settings.DEMO_MODE = True
     schema, package = generated_client
@@ -131,8 +131,8 @@ def test_generated_client_imports_whole_and_calls_the_live_server(
     refused = surfaces_list.sync(client=anonymous)
     assert isinstance(refused, ErrorResponse) and refused.code == "not_authenticated"
 
-    token = Token.objects.create(user=users["operator"])
-    api = AuthenticatedClient(base_url=live_server.url, token=token.key, prefix="Token")
+    token = AuthToken.objects.create(user=users["operator"])[1]
+    api = AuthenticatedClient(base_url=live_server.url, token=token, prefix="Token")
     surfaces = surfaces_list.sync(client=api)
     assert isinstance(surfaces, list) and all(isinstance(s, SurfaceOutput) for s in surfaces)
     assert {s.key for s in surfaces} == {"pages", "groups"}
@@ -164,7 +164,7 @@ def test_generated_client_imports_whole_and_calls_the_live_server(
     assert isinstance(started, RunbookOutput) and started.status == "running"
 
     viewer = AuthenticatedClient(
-        base_url=live_server.url, token=Token.objects.create(user=users["viewer"]).key, prefix="Token"
+        base_url=live_server.url, token=AuthToken.objects.create(user=users["viewer"])[1], prefix="Token"
     )
     forbidden = runbooks_create.sync(client=viewer, body=body)
     assert isinstance(forbidden, ErrorResponse) and forbidden.code == "permission_denied"
