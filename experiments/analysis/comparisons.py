@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,38 +41,37 @@ def _cuped_or_plain(
     return result
 
 
-def compare_mean(
-    agg: AggregateMetric, control: Mapping[str, float], treatment: Mapping[str, float], alpha: float
+def _compare_means(
+    agg: AggregateMetric,
+    control: Mapping[str, float],
+    treatment: Mapping[str, float],
+    alpha: float,
+    test: Literal["welch", "z"],
 ) -> stats.ComparisonResult:
-    """Welch's t on per-unit means; CUPED (Deng et al. 2013) with a pre-period covariate."""
+    plain = stats.welch if test == "welch" else stats.ztest
     if agg.cuped:
         c = stats.CovariateMeanStatistic.from_row(metric_row(control, agg))
         t = stats.CovariateMeanStatistic.from_row(metric_row(treatment, agg))
-        return _cuped_or_plain(
-            lambda: stats.cuped(c, t, alpha, test="welch"), lambda: stats.welch(c.y, t.y, alpha)
-        )
-    return stats.welch(
+        return _cuped_or_plain(lambda: stats.cuped(c, t, alpha, test=test), lambda: plain(c.y, t.y, alpha))
+    return plain(
         stats.MeanStatistic.from_row(metric_row(control, agg)),
         stats.MeanStatistic.from_row(metric_row(treatment, agg)),
         alpha,
     )
+
+
+def compare_mean(
+    agg: AggregateMetric, control: Mapping[str, float], treatment: Mapping[str, float], alpha: float
+) -> stats.ComparisonResult:
+    """Welch's t on per-unit means; CUPED (Deng et al. 2013) with a pre-period covariate."""
+    return _compare_means(agg, control, treatment, alpha, "welch")
 
 
 def compare_proportion(
     agg: AggregateMetric, control: Mapping[str, float], treatment: Mapping[str, float], alpha: float
 ) -> stats.ComparisonResult:
     """Two-proportion z test on per-unit 0/1 values; CUPED with a pre-period covariate."""
-    if agg.cuped:
-        c = stats.CovariateMeanStatistic.from_row(metric_row(control, agg))
-        t = stats.CovariateMeanStatistic.from_row(metric_row(treatment, agg))
-        return _cuped_or_plain(
-            lambda: stats.cuped(c, t, alpha, test="z"), lambda: stats.ztest(c.y, t.y, alpha)
-        )
-    return stats.ztest(
-        stats.MeanStatistic.from_row(metric_row(control, agg)),
-        stats.MeanStatistic.from_row(metric_row(treatment, agg)),
-        alpha,
-    )
+    return _compare_means(agg, control, treatment, alpha, "z")
 
 
 def compare_ratio(
