@@ -119,11 +119,11 @@ def test_refresh_keeps_the_last_good_document_and_reports_not_ready():
 def test_provider_refreshes_with_if_none_match_against_the_live_api(
     live_server, transactional_db, seeded, users
 ):
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
 
     from controlplane.core.services import allocation_change
 
-    token = Token.objects.create(user=users["viewer"]).key
+    token = AuthToken.objects.create(user=users["viewer"])[1]
     url = f"{live_server.url}/api/v1/config/allocations/"
     now = [0.0]
     provider = AllocationConfigProvider(url=url, token=token, refresh_interval_s=60, clock=lambda: now[0])
