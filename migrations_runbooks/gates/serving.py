@@ -68,24 +68,9 @@ def serving_gates(
             comparator=">=",
         )
     ]
-    for key, bound in (cfg.get("serving") or {}).items():
-        value = serving.get(key)
-        if value is None:
-            out.append(Gate("serving", soft, f"serving health has no {key}", subject=key))
-            continue
-        value = float(value)
-        ok, threshold, cmp = bound_check(value, bound)
-        out.append(
-            Gate(
-                "serving",
-                PASS if ok else HOLD,
-                f"served {key} {value:.4g} {'meets' if ok else 'misses'} {cmp} {threshold:.4g}",
-                subject=key,
-                value=value,
-                threshold=threshold,
-                comparator=cmp,
-            )
-        )
+    out += bound_gates(
+        "serving", serving, cfg.get("serving") or {}, soft, source="serving health", label="served "
+    )
     latency = cfg.get("latency") or {}
     if isinstance(latency, Mapping) and "serving_key" in latency:
         key = latency["serving_key"]
@@ -106,6 +91,39 @@ def serving_gates(
                     comparator="<=",
                 )
             )
+    return out
+
+
+def bound_gates(
+    name: str,
+    values: Mapping[str, Any],
+    bounds: Mapping[str, Any],
+    soft: str,
+    *,
+    source: str,
+    label: str = "",
+) -> list[Gate]:
+    """One gate per configured bound: PASS when ``values[key]`` meets it, HOLD when it misses,
+    ``soft`` when ``source`` has no such value yet."""
+    out = []
+    for key, bound in bounds.items():
+        value = values.get(key)
+        if value is None:
+            out.append(Gate(name, soft, f"{source} has no {key}", subject=key))
+            continue
+        value = float(value)
+        ok, threshold, cmp = bound_check(value, bound)
+        out.append(
+            Gate(
+                name,
+                PASS if ok else HOLD,
+                f"{label}{key} {value:.4g} {'meets' if ok else 'misses'} {cmp} {threshold:.4g}",
+                subject=key,
+                value=value,
+                threshold=threshold,
+                comparator=cmp,
+            )
+        )
     return out
 
 
@@ -133,24 +151,7 @@ def parity_gates(
     ]
     if not isinstance(thresholds, Mapping):
         thresholds = DEFAULT_PARITY_THRESHOLDS
-    for key, bound in thresholds.items():
-        value = parity.get(key)
-        if value is None:
-            out.append(Gate("parity", soft, f"shadow parity has no {key}", subject=key))
-            continue
-        value = float(value)
-        ok, threshold, cmp = bound_check(value, bound)
-        out.append(
-            Gate(
-                "parity",
-                PASS if ok else HOLD,
-                f"{key} {value:.4g} {'meets' if ok else 'misses'} {cmp} {threshold:.4g}",
-                subject=key,
-                value=value,
-                threshold=threshold,
-                comparator=cmp,
-            )
-        )
+    out += bound_gates("parity", parity, thresholds, soft, source="shadow parity")
     return out
 
 
